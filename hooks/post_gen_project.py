@@ -1,0 +1,104 @@
+"""Finish the generated project: prune unused files, write the sample data, set up git + DVC.
+
+Runs inside the new project folder. Every external command gets its arguments as a list
+(never through a shell); a failing step prints one line saying what to fix and exits
+non-zero, and cookiecutter then removes the half-made project.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ANSWERS = json.loads(r"""
+{{ cookiecutter | tojson }}
+""")
+
+DATASET = "data/raw/support.jsonl"
+PRIVATE_KEYS = {"_output_dir", "_repo_dir", "_checkout"}  # machine-specific, not worth saving
+
+
+class StepFailed(Exception):
+    pass
+
+
+def prune():
+    """Remove what the chosen options do not use."""
+    if ANSWERS["gpu_runner"] == "self-hosted":
+        shutil.rmtree("sky", ignore_errors=True)
+
+
+def save_answers():
+    """`.cookiecutter.json` in cookiecutter's replay format: re-bake with --replay-file."""
+    answers = {k: v for k, v in ANSWERS.items() if k not in PRIVATE_KEYS and k != "__prompts__"}
+    Path(".cookiecutter.json").write_text(json.dumps({"cookiecutter": answers}, indent=2, ensure_ascii=False) + "\n")
+
+
+def run(*command, what):
+    result = subprocess.run(list(command), capture_output=True, text=True)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise StepFailed(f"{what} failed ({' '.join(command)}): {detail[-1] if detail else 'exit ' + str(result.returncode)}")
+    return result.stdout
+
+
+def dvc_remote_url():
+    url = ANSWERS["dvc_remote_url"]
+    if url:
+        return url
+    if ANSWERS["dvc_remote"] == "local":
+        # A folder beside the project stands in for a bucket: push/pull work offline.
+        return str(Path("..") / f"{ANSWERS['project_slug']}-dvc-remote")
+    scheme = {"s3": "s3", "gs": "gs", "azure": "azure"}[ANSWERS["dvc_remote"]]
+    return f"{scheme}://{ANSWERS['checkpoint_bucket']}/dvc"
+
+
+def git_identity():
+    """Use the user's git identity; fall back to the author answer if git has none."""
+    configured = subprocess.run(["git", "config", "user.email"], capture_output=True, text=True).stdout.strip()
+    if configured:
+        return []
+    return ["-c", f"user.name={ANSWERS['author']}", "-c", "user.email=noreply@example.com"]
+
+
+def setup_vcs():
+    git, dvc = shutil.which("git"), shutil.which("dvc")
+    remote = dvc_remote_url()
+    if git:
+        run(git, "init", "-q", "-b", "main", what="git init")
+    if git and dvc:
+        run(dvc, "init", "-q", what="dvc init")
+        run(dvc, "config", "core.analytics", "false", what="dvc config")
+        run(dvc, "remote", "add", "-d", "storage", remote, what="dvc remote add")
+        run(dvc, "add", "-q", DATASET, what="dvc add")
+    if git:
+        run(git, "add", "-A", what="git add")
+        run(git, *git_identity(), "commit", "-q", "-m", "Initial project from cookiecutter-spot-lora", what="git commit")
+    missing = [name for name, path in (("git", git), ("dvc", dvc)) if not path]
+    if missing:
+        print(f"note: {' and '.join(missing)} not found on PATH; to finish the setup, install them and run:")
+        if not git:
+            print("  git init -b main")
+        print("  dvc init && dvc config core.analytics false")
+        print(f"  dvc remote add -d storage {remote}")
+        print(f"  dvc add {DATASET}")
+        print("  git add -A && git commit -m 'Initial project'")
+
+
+def main():
+    try:
+        prune()
+        save_answers()
+        run(sys.executable, "scripts/make_sample_data.py", "--out", DATASET, what="writing the sample dataset")
+        setup_vcs()
+    except (StepFailed, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    slug = ANSWERS["project_slug"]
+    print(f"created {slug}/ — next: cd {slug} && make setup && make smoke")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Command line: `{{ cookiecutter.package_name }} prepare | train | evaluate | smoke | tiny-model`.
+
+Exit codes (documented in the README; SkyPilot recovery and retry loops act on them):
+  0  success
+  2  invalid input: bad params, bad data, missing files. Fix and rerun; retrying won't help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError, Params, load_params
+from .data import DataError
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+
+TINY_MODEL_DIR = Path(".cache/tiny-model")
+
+
+def smoke_overrides(params: Params) -> list[str]:
+    """A tiny random model and a short schedule: every stage runs on a CPU in seconds."""
+    return [
+        f"model.base={TINY_MODEL_DIR}",
+        "model.method=lora",
+        "model.dtype=float32",
+        "compute.device=cpu",
+        "data.max_length=512",
+        "data.prepared_dir=data/prepared-smoke",
+        "train.max_steps=60",
+        "train.micro_batch=4",
+        "train.global_batch=8",
+        "train.learning_rate=0.01",
+        "train.warmup_steps=3",
+        "train.log_every_steps=10",
+        "train.output_dir=outputs/smoke",
+        "checkpoint.dir=checkpoints/smoke",
+        f"tracking.experiment={params.tracking.experiment}-smoke",
+    ]
+
+
+def ensure_tiny_model(data_path: str) -> None:
+    if not (TINY_MODEL_DIR / "config.json").is_file():
+        from .tiny import build_tiny_model
+
+        print(f"building the tiny test model in {TINY_MODEL_DIR} (tokenizer trained on {data_path})")
+        build_tiny_model(TINY_MODEL_DIR, data_path)
+
+
+def resolve_params(args) -> Params:
+    params = load_params(args.params, args.set)
+    if getattr(args, "smoke", False):
+        # User --set values still win over the smoke defaults.
+        params = load_params(args.params, smoke_overrides(params) + args.set)
+        ensure_tiny_model(params.data.path)
+    return params
+
+
+def cmd_prepare(params: Params) -> None:
+    from . import data, modeling
+
+    data.prepare(params, modeling.load_tokenizer(params.model.base))
+
+
+def cmd_train(params: Params) -> None:
+    from .train import train
+
+    train(params)
+
+
+def cmd_evaluate(params: Params) -> None:
+    from .evaluate import evaluate
+
+    evaluate(params)
+
+
+def cmd_smoke(params: Params) -> None:
+    started = time.perf_counter()
+    for stage in (cmd_prepare, cmd_train, cmd_evaluate):
+        stage(params)
+    from .tracking import tracking_uri
+
+    uri = tracking_uri(params)
+    print(f"\nsmoke run finished in {time.perf_counter() - started:.0f} s")
+    print(f"  metrics:  {params.train.output_dir}/metrics.json")
+    print(f"  adapter:  {params.train.output_dir}/adapter")
+    print(f"  MLflow:   experiment '{params.tracking.experiment}' at {uri}")
+    if uri.startswith("sqlite:"):
+        print(f"  open it:  mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
+
+
+def cmd_tiny_model(args) -> None:
+    from .tiny import build_tiny_model
+
+    out = build_tiny_model(args.out, args.data)
+    print(f"tiny model written to {out}")
+
+
+COMMANDS = {
+    "prepare": (cmd_prepare, "validate, tokenize and pack the dataset (DVC stage 'prepare')"),
+    "train": (cmd_train, "train the adapter, logging to MLflow (DVC stage 'train')"),
+    "evaluate": (cmd_evaluate, "validation loss and perplexity -> metrics.json (DVC stage 'evaluate')"),
+    "smoke": (cmd_smoke, "prepare + train + evaluate on the tiny model, on CPU, in about a minute"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="{{ cookiecutter.package_name }}", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+        sub.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter, e.g. --set train.max_steps=50"
+        )
+        if name != "smoke":
+            sub.add_argument("--smoke", action="store_true", help="use the tiny model and a short schedule (CPU, seconds)")
+    tiny = commands.add_parser("tiny-model", help="build the tiny random test model")
+    tiny.add_argument("--out", default=str(TINY_MODEL_DIR))
+    tiny.add_argument("--data", default="data/raw/support.jsonl", help="JSONL to train the tokenizer on")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "tiny-model":
+            cmd_tiny_model(args)
+            return EXIT_OK
+        if args.command == "smoke":
+            args.smoke = True
+        params = resolve_params(args)
+        COMMANDS[args.command][0](params)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK

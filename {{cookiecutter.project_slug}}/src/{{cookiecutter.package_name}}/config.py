@@ -1,0 +1,204 @@
+"""Typed training parameters, read from params.yaml with `--set key=value` overrides.
+
+params.yaml is the single source of truth: DVC tracks it, MLflow logs it flattened and the
+pull-request loop diffs it. Every key is declared below; an unknown key or a bad value stops
+with a message naming the key (and its line in params.yaml), before any GPU time is spent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """Invalid parameters. The CLI prints the message and exits with code 2."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors, not silently ignored typos.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelParams(_Section):
+    base: str = Field(min_length=1)  # hub id (owner/name) or a local model directory
+    method: Literal["lora", "qlora", "dora"] = "qlora"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+
+
+class LoraParams(_Section):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class DataParams(_Section):
+    path: str = "data/raw/support.jsonl"
+    format: Literal["chat", "instruction", "text"] = "chat"
+    train_on: Literal["assistant", "all"] = "assistant"  # which tokens carry the loss
+    max_length: int = Field(1024, ge=16)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 0
+    prepared_dir: str = "data/prepared"
+
+
+class TrainParams(_Section):
+    max_steps: int = Field(200, gt=0)
+    micro_batch: int = Field(4, gt=0)
+    global_batch: int = Field(16, gt=0)  # sequences per optimizer step, across all GPUs
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 42
+    log_every_steps: int = Field(10, gt=0)
+    output_dir: str = "outputs"
+
+    @model_validator(mode="after")
+    def _global_batch_divides(self) -> TrainParams:
+        if self.global_batch % self.micro_batch:
+            raise ValueError(
+                f"global_batch ({self.global_batch}) must be a multiple of micro_batch ({self.micro_batch})"
+            )
+        return self
+
+
+class CheckpointParams(_Section):
+    dir: str = "checkpoints"
+    every_steps: int = Field(100, gt=0)
+    every_minutes: float = Field(10, gt=0)
+    keep: int = Field(2, gt=0)
+
+
+class TrackingParams(_Section):
+    uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI in the environment wins
+    experiment: str = Field("default", min_length=1)
+
+
+class ComputeParams(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    clouds: list[str] = Field(default_factory=list)
+    spot: bool = True
+
+
+class BudgetParams(_Section):
+    max_run_usd: float = Field(20, gt=0)
+
+
+class CostParams(_Section):
+    hourly_usd: float | None = Field(None, ge=0)  # explicit price of the machine; None = unknown
+
+
+class Params(_Section):
+    model: ModelParams
+    lora: LoraParams = Field(default_factory=LoraParams)
+    data: DataParams = Field(default_factory=DataParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    checkpoint: CheckpointParams = Field(default_factory=CheckpointParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+    compute: ComputeParams = Field(default_factory=ComputeParams)
+    budget: BudgetParams = Field(default_factory=BudgetParams)
+    cost: CostParams = Field(default_factory=CostParams)
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key -> value`, the form MLflow logs and `--set` accepts."""
+        return dict(_flatten(self.model_dump()))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _key_lines(path: Path, text: str) -> dict[str, int]:
+    """Line number (1-based) of every `section.key` in the YAML file, for error messages."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                dotted = f"{prefix}{key_node.value}"
+                lines[dotted] = key_node.start_mark.line + 1
+                walk(value_node, dotted + ".")
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """`train.max_steps=50` -> (["train", "max_steps"], 50); the value is parsed as YAML."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set train.max_steps=50")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({err.problem})") from None
+    return key.strip().split("."), value
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    keys, value = parse_override(assignment)
+    known = Params.model_fields
+    node = tree
+    for depth, key in enumerate(keys):
+        dotted = ".".join(keys[: depth + 1])
+        if key not in known:
+            raise ConfigError(f"--set {'.'.join(keys)}: unknown key {dotted!r}; known: {', '.join(known)}")
+        if depth == len(keys) - 1:
+            node[key] = value
+            return
+        annotation = known[key].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            raise ConfigError(f"--set {'.'.join(keys)}: {dotted!r} is a value, not a section")
+        known = annotation.model_fields
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {'.'.join(keys)}: {dotted!r} is not a section in params.yaml")
+    raise ConfigError(f"--set {'.'.join(keys)}: name a key inside the section, e.g. train.max_steps")
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] = ()) -> Params:
+    """Read and validate params.yaml, applying `key=value` overrides in order."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (run from the project root, or pass --params)") from None
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model:, train:, ...)")
+    overridden = set()
+    for assignment in overrides:
+        apply_override(tree, assignment)
+        overridden.add(".".join(parse_override(assignment)[0]))
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as err:
+        lines = _key_lines(path, text)
+        messages = []
+        for problem in err.errors():
+            dotted = ".".join(str(part) for part in problem["loc"])
+            if dotted in overridden:
+                where = "--set"
+            else:
+                where = f"{path}:{lines[dotted]}" if dotted in lines else str(path)
+            got = f" (got {problem['input']!r})" if problem["type"] != "missing" else ""
+            messages.append(f"{where}: {dotted or 'params'}: {problem['msg']}{got}")
+        raise ConfigError("\n".join(messages)) from None

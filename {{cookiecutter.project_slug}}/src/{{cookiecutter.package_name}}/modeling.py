@@ -1,0 +1,95 @@
+"""The base model (hub id or local directory), its precision, 4-bit loading and LoRA / DoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU."""
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def resolve_attention(requested: str, device: torch.device) -> str:
+    """flash-attention 2 when installed on a GPU, else PyTorch's SDPA."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def load_tokenizer(base: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(params, device: torch.device, quantize: bool | None = None):
+    """The frozen base model at the training dtype; 4-bit NF4 for QLoRA."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = resolve_dtype(params.model.dtype, device)
+    quantize = params.model.method == "qlora" if quantize is None else quantize
+    kwargs = {"dtype": dtype, "attn_implementation": resolve_attention(params.model.attn_implementation, device)}
+    if quantize:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(params.model.base, **kwargs)
+    if not quantize:
+        model.to(device)
+    model.config.use_cache = False  # the KV cache only helps generation
+    return model
+
+
+def add_adapter(model, params):
+    """Wrap the base model with trainable LoRA (or DoRA) matrices; everything else frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=params.lora.r,
+        lora_alpha=params.lora.alpha,
+        lora_dropout=params.lora.dropout,
+        target_modules=params.lora.target_modules,
+        use_dora=params.model.method == "dora",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def load_trained(params, adapter_dir: str | Path, device: torch.device):
+    """Base model plus a saved adapter, for evaluation and generation."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_base_model(params, device), str(adapter_dir))
+    return model.eval()
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
