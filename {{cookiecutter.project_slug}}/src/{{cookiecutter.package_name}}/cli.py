@@ -2,7 +2,8 @@
 
 Exit codes (documented in the README; SkyPilot recovery and retry loops act on them):
   0  success
-  2  invalid input: bad params, bad data, missing files. Fix and rerun; retrying won't help.
+  2  invalid input: bad params, bad data, a model that cannot be loaded, missing files.
+     Fix and rerun; retrying won't help.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from .config import ConfigError, Params, load_params
 from .data import DataError
+from .modeling import ModelNotFound
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -60,9 +62,9 @@ def resolve_params(args) -> Params:
 
 
 def cmd_prepare(params: Params) -> None:
-    from . import data, modeling
+    from . import data
 
-    data.prepare(params, modeling.load_tokenizer(params.model.base))
+    data.prepare(params)
 
 
 def cmd_train(params: Params) -> None:
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             args.smoke = True
         params = resolve_params(args)
         COMMANDS[args.command][0](params)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, ModelNotFound) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK

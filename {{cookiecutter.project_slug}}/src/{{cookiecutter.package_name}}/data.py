@@ -221,10 +221,17 @@ def split(records: list[dict], val_fraction: float, seed: int) -> tuple[list[dic
     return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
 
 
-def prepare(params, tokenizer, log=print) -> dict:
-    """Validate, tokenize, split and pack `data.path` into `data.prepared_dir`."""
+def prepare(params, tokenizer=None, log=print) -> dict:
+    """Validate, tokenize, split and pack `data.path` into `data.prepared_dir`.
+
+    The data is validated first, so a bad line is reported before a model is downloaded.
+    """
     cfg = params.data
     records = read_records(cfg.path, cfg.format)
+    if tokenizer is None:
+        from .modeling import load_tokenizer
+
+        tokenizer = load_tokenizer(params.model.base)
     if cfg.format != "text":
         ensure_chat_template(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -21,7 +21,7 @@ def validation_loss(model, rows: dict[str, torch.Tensor], micro_batch: int, devi
         batch = {key: rows[key][start : start + micro_batch].long().to(device) for key in ("input_ids", "labels", "position_ids")}
         n = int((batch["labels"] != data.IGNORE).sum())
         # num_items_in_batch=1 makes the model return the summed (not averaged) loss.
-        total += model(**batch, num_items_in_batch=1).loss.float().item()
+        total += model(**batch, use_cache=False, num_items_in_batch=1).loss.float().item()
         tokens += n
     return total / max(1, tokens), tokens
 

@@ -36,10 +36,22 @@ def resolve_attention(requested: str, device: torch.device) -> str:
     return "sdpa"
 
 
+class ModelNotFound(ValueError):
+    """model.base is neither a local model directory nor a reachable hub id."""
+
+
+def _model_not_found(base: str, err: Exception) -> ModelNotFound:
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ModelNotFound(f"model.base={base!r}: cannot load it ({first_line})")
+
+
 def load_tokenizer(base: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    except (OSError, ValueError) as err:
+        raise _model_not_found(base, err) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -60,7 +72,10 @@ def load_base_model(params, device: torch.device, quantize: bool | None = None):
             bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(params.model.base, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(params.model.base, **kwargs)
+    except OSError as err:
+        raise _model_not_found(params.model.base, err) from err
     if not quantize:
         model.to(device)
     model.config.use_cache = False  # the KV cache only helps generation

@@ -111,7 +111,8 @@ def train(params, log=print) -> Path:
                 # Gradients are all-reduced only on the last micro-batch of the step.
                 sync = nullcontext() if i == accumulation - 1 else accelerator.no_sync(model)
                 with sync:
-                    out = model(**batch, num_items_in_batch=trained_tokens)
+                    # use_cache=False: with no KV cache, position ids give the block-diagonal mask.
+                    out = model(**batch, use_cache=False, num_items_in_batch=trained_tokens)
                     # DDP averages gradients over processes; the loss is already a share of
                     # the global batch, so scale back to a plain sum.
                     accelerator.backward(out.loss * world)

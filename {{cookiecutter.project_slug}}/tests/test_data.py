@@ -1,0 +1,157 @@
+import json
+
+import pytest
+import torch
+
+from {{ cookiecutter.package_name }} import data, modeling
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return modeling.load_tokenizer(str(tiny_model_dir))
+
+
+def trained_text(tokenizer, ids, labels):
+    return tokenizer.decode([i for i, label in zip(ids, labels) if label != data.IGNORE])
+
+
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "You are support."},
+        {"role": "user", "content": "My sync fails."},
+        {"role": "assistant", "content": "Restart the app."},
+        {"role": "user", "content": "Still failing."},
+        {"role": "assistant", "content": "Send us the log."},
+    ]
+}
+
+
+def test_chat_loss_only_on_assistant_turns(tokenizer):
+    ids, labels = data.tokenize(tokenizer, CHAT, "chat", "assistant")
+    assert len(ids) == len(labels)
+    assert trained_text(tokenizer, ids, labels) == "Restart the app.<|im_end|>\nSend us the log.<|im_end|>\n"
+    # The whole conversation is still in the input, as the chat template renders it.
+    assert tokenizer.decode(ids) == tokenizer.apply_chat_template(CHAT["messages"], tokenize=False)
+
+
+def test_train_on_all_trains_every_token(tokenizer):
+    ids, labels = data.tokenize(tokenizer, CHAT, "chat", "all")
+    assert labels == ids
+
+
+def test_instruction_format_trains_on_output_only(tokenizer):
+    record = {"instruction": "Translate to French", "input": "hello", "output": "bonjour"}
+    ids, labels = data.tokenize(tokenizer, record, "instruction", "assistant")
+    assert trained_text(tokenizer, ids, labels) == "bonjour<|im_end|>\n"
+    assert "Translate to French\n\nhello" in tokenizer.decode(ids)
+
+
+def test_text_format_trains_everything_and_ends_with_eos(tokenizer):
+    ids, labels = data.tokenize(tokenizer, {"text": "plain words"}, "text", "assistant")
+    assert labels == ids
+    assert ids[-1] == tokenizer.eos_token_id
+
+
+def test_packing_fills_rows_and_masks_example_starts():
+    examples = [([1] * n, [5] * n) for n in (7, 5, 3, 3, 2)]
+    packed = data.pack(examples, max_length=10, pad_id=0)
+    assert packed.input_ids.shape == (2, 10)
+    assert packed.stats["packing_efficiency"] == 1.0
+    assert int(packed.real_tokens.sum()) == 20
+    # Every example restarts its positions; its first token is never a target.
+    starts = (packed.position_ids == 0).sum().item()
+    assert starts == len(examples)
+    assert torch.all(packed.labels[packed.position_ids == 0] == data.IGNORE)
+    assert int((packed.labels != data.IGNORE).sum()) == 20 - len(examples)
+
+
+def test_packing_pads_with_unlabelled_tokens():
+    packed = data.pack([([1] * 4, [1] * 4)], max_length=8, pad_id=9)
+    assert packed.input_ids[0, 4:].tolist() == [9] * 4
+    assert packed.labels[0, 4:].tolist() == [data.IGNORE] * 4
+    assert packed.stats["packing_efficiency"] == 0.5
+
+
+def test_packed_logits_equal_per_sequence_logits(tiny_model_dir, tokenizer):
+    """Packed examples must not attend to each other: same logits as run one by one.
+
+    transformers only derives the block-diagonal mask from position ids when there is no
+    KV cache, so the forward passes here (like training's) say use_cache=False.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    texts = ["Where is my invoice?", "Reset my password please, it expired yesterday.", "Thanks!"]
+    examples = [(tokenizer(t)["input_ids"], tokenizer(t)["input_ids"]) for t in texts]
+    packed = data.pack(examples, max_length=64, pad_id=tokenizer.pad_token_id)
+    assert packed.input_ids.shape[0] == 1
+    with torch.no_grad():
+        packed_logits = model(
+            input_ids=packed.input_ids.long(), position_ids=packed.position_ids.long(), use_cache=False
+        ).logits[0]
+        row, start = packed.input_ids[0].tolist(), 0
+        for ids, _ in sorted(examples, key=lambda e: -len(e[0])):  # pack() places longest first
+            assert row[start : start + len(ids)] == ids
+            alone = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+            torch.testing.assert_close(packed_logits[start : start + len(ids)], alone, atol=1e-5, rtol=1e-4)
+            start += len(ids)
+
+
+def test_split_is_deterministic_and_disjoint():
+    records = [{"text": str(i)} for i in range(50)]
+    train_a, val_a = data.split(records, 0.2, seed=3)
+    train_b, val_b = data.split(records, 0.2, seed=3)
+    assert (train_a, val_a) == (train_b, val_b)
+    assert len(val_a) == 10
+    assert {r["text"] for r in train_a}.isdisjoint({r["text"] for r in val_a})
+    assert data.split(records, 0.2, seed=4)[1] != val_a
+
+
+@pytest.mark.parametrize(
+    "fmt, lines, bad_line, message",
+    [
+        ("chat", ['{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}', "{not json"], 2, "not valid JSON"),
+        ("chat", ['{"text": "no messages here"}'], 1, "missing 'messages'"),
+        ("chat", ['{"messages": [{"role": "robot", "content": "beep"}]}'], 1, "unknown role 'robot'"),
+        ("chat", ['{"messages": [{"role": "user", "content": "only a question"}]}'], 1, "no assistant message"),
+        ("chat", ['{"messages": [{"role": "user", "content": 5}]}'], 1, "'content' must be a string"),
+        ("instruction", ['{"instruction": "do it"}'], 1, "missing field 'output'"),
+        ("text", ['["a list"]'], 1, "expected a JSON object"),
+    ],
+)
+def test_bad_records_name_file_and_line(tmp_path, fmt, lines, bad_line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(data.DataError) as err:
+        data.read_records(path, fmt)
+    assert str(err.value).startswith(f"{path}:{bad_line}: ")
+    assert message in str(err.value)
+
+
+def test_empty_dataset_is_refused(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(data.DataError, match="empty"):
+        data.read_records(path, "chat")
+
+
+def test_prepare_reports_drops_and_writes_all_outputs(make_params, tokenizer, tmp_path):
+    params = make_params("data.max_length=160")
+    summary = data.prepare(params, tokenizer, log=lambda *_: None)
+    prepared = tmp_path / "prepared"
+    assert sorted(p.name for p in prepared.iterdir()) == ["summary.json", "train.pt", "val.pt"]
+    assert json.loads((prepared / "summary.json").read_text()) == summary
+    dropped = summary["train"]["dropped_too_long"] + summary["val"]["dropped_too_long"]
+    kept = summary["train"]["examples"] + summary["val"]["examples"]
+    assert dropped > 0 and kept + dropped == summary["records"]
+    rows = data.load_prepared(prepared, "train")
+    assert rows["input_ids"].shape[1] == 160
+    stats = summary["train"]
+    assert stats["packing_efficiency"] == round(stats["tokens"] / (stats["rows"] * 160), 4)
+    assert stats["packing_efficiency"] > 0.7
+
+
+def test_prepare_refuses_when_every_example_is_too_long(make_params, tokenizer):
+    params = make_params("data.max_length=16")
+    with pytest.raises(data.DataError, match="no usable train examples .* longer than data.max_length=16"):
+        data.prepare(params, tokenizer, log=lambda *_: None)

@@ -1,0 +1,91 @@
+"""The whole pipeline on the tiny model, for real: prepare -> train -> evaluate -> MLflow."""
+
+import json
+import math
+
+import mlflow
+import pytest
+from {{ cookiecutter.package_name }} import data, modeling
+from {{ cookiecutter.package_name }}.evaluate import evaluate
+from {{ cookiecutter.package_name }}.train import rows_for_step, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, sample_data):
+    """One short training run shared by the tests of this module."""
+    tmp = tmp_path_factory.mktemp("run")
+    from {{ cookiecutter.package_name }}.config import load_params
+    from {{ cookiecutter.package_name }}.cli import smoke_overrides
+    from conftest import PARAMS
+
+    params = load_params(PARAMS, [
+        *smoke_overrides(load_params(PARAMS)),
+        f"model.base={tiny_model_dir}",
+        f"data.path={sample_data}",
+        f"data.prepared_dir={tmp / 'prepared'}",
+        f"train.output_dir={tmp / 'outputs'}",
+        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        "cost.hourly_usd=2.5",
+    ])
+    data.prepare(params, log=lambda *_: None)
+    adapter = train(params, log=lambda *_: None)
+    metrics = evaluate(params, log=lambda *_: None)
+    return params, adapter, metrics
+
+
+def test_loss_falls(trained):
+    params, _, _ = trained
+    lines = open(params.train.output_dir + "/train_loss.csv").read().splitlines()
+    assert lines[0] == "step,loss"
+    losses = [float(line.split(",")[1]) for line in lines[1:]]
+    assert len(losses) == params.train.max_steps // params.train.log_every_steps
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_adapter_is_saved_in_peft_format_and_reloads(trained):
+    params, adapter, _ = trained
+    assert (adapter / "adapter_config.json").is_file()
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert (adapter / "tokenizer.json").is_file()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == params.lora.r and config["peft_type"] == "LORA"
+    model = modeling.load_trained(params, adapter, modeling.resolve_device("cpu"))
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+
+
+def test_evaluate_writes_metrics_json(trained):
+    params, _, metrics = trained
+    written = json.loads(open(params.train.output_dir + "/metrics.json").read())
+    assert written == metrics
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-3)
+    # A trained adapter beats the random model's uniform guess over the vocabulary.
+    vocab = len(modeling.load_tokenizer(params.model.base))
+    assert metrics["eval_loss"] < math.log(vocab) - 0.5
+
+
+def test_mlflow_run_has_params_metrics_and_tags(trained):
+    params, _, metrics = trained
+    run_id = json.loads(open(params.train.output_dir + "/mlflow_run.json").read())["run_id"]
+    client = mlflow.MlflowClient(params.tracking.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.max_steps"] == str(params.train.max_steps)
+    assert run.data.params["model.base"] == params.model.base
+    for key in ("loss", "eval_loss", "perplexity", "tokens_per_second", "cost_usd", "gpu_hours", "learning_rate"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["eval_loss"] == pytest.approx(metrics["eval_loss"])
+    assert run.data.metrics["tokens_per_second"] > 0
+    assert run.data.metrics["cost_usd"] > 0  # 2.5 $/h for a few seconds
+    assert run.data.metrics["gpu_hours"] == 0  # CPU run
+    history = client.get_metric_history(run_id, "loss")
+    assert [m.step for m in history] == list(range(10, params.train.max_steps + 1, 10))
+    assert run.data.tags["method"] == "lora"
+    assert run.info.experiment_id == client.get_experiment_by_name(params.tracking.experiment).experiment_id
+
+
+def test_sample_order_covers_each_epoch_once_and_is_reproducible():
+    n_rows, batch = 10, 4
+    stream = [row for step in range(5) for row in rows_for_step(step, batch, n_rows, seed=1)]
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))
+    assert stream == [row for step in range(5) for row in rows_for_step(step, batch, n_rows, seed=1)]
+    assert stream[:10] != stream[10:20]  # each epoch is shuffled anew
