@@ -1,0 +1,32 @@
+# cookiecutter-spot-lora: `make demo` bakes a project and trains its tiny model end to end;
+# `make test` runs the template's tests. Both install what they need into .venv first.
+VENV ?= .venv
+PY := $(CURDIR)/$(VENV)/bin/python
+# torch goes in first and pinned, so no resolver pulls a different (multi-GB) build later.
+TORCH ?= torch==2.13.0
+DEMO_DIR ?= build/demo
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-test.txt
+	[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+demo: install  ## bake the default project into build/demo and run its `make smoke`
+	rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
+	$(PY) -m cookiecutter --no-input --output-dir $(DEMO_DIR) .
+	cd $(DEMO_DIR)/support-assistant-fine-tune && $(PY) -m pip install --quiet --no-deps -e . && $(MAKE) smoke PYTHON=$(PY)
+
+test: install  ## the template's tests: bake matrix, hooks, the baked project's own suite
+	$(PY) -m pytest tests
+
+lint: install
+	$(PY) -m ruff check hooks tests
+
+clean:
+	rm -rf build
