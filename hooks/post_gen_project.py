@@ -59,7 +59,9 @@ def git_identity():
     configured = subprocess.run(["git", "config", "user.email"], capture_output=True, text=True).stdout.strip()
     if configured:
         return []
-    return ["-c", f"user.name={ANSWERS['author']}", "-c", "user.email=noreply@example.com"]
+    # git refuses names made only of characters it strips (<, >, \\, ...): fall back to a plain one.
+    name = "".join(ch for ch in ANSWERS["author"] if ch not in '<>\\"').strip() or "Project author"
+    return ["-c", f"user.name={name}", "-c", "user.email=noreply@example.com"]
 
 
 def setup_vcs():
@@ -71,7 +73,7 @@ def setup_vcs():
         run(dvc, "init", "-q", what="dvc init")
         run(dvc, "config", "core.analytics", "false", what="dvc config")
         run(dvc, "remote", "add", "-d", "storage", remote, what="dvc remote add")
-        run(dvc, "add", "-q", DATASET, what="dvc add")
+        run(dvc, "add", DATASET, what="dvc add")
     if git:
         run(git, "add", "-A", what="git add")
         run(git, *git_identity(), "commit", "-q", "-m", "Initial project from cookiecutter-spot-lora", what="git commit")

@@ -63,9 +63,11 @@ def check_base_model(value):
 
 
 def check_clouds(value):
-    clouds = [c.strip() for c in value.split(",") if c.strip()]
-    if not clouds:
+    clouds = [c.strip() for c in value.split(",")]
+    if not value.strip():
         return f"must name at least one of: {', '.join(sorted(CLOUDS))}"
+    if "" in clouds:
+        return "has an empty entry (two commas in a row, or a trailing comma)"
     unknown = [c for c in clouds if c not in CLOUDS]
     if unknown:
         return f"unknown cloud {unknown[0]!r}; choose from: {', '.join(sorted(CLOUDS))}"
@@ -121,11 +123,10 @@ def check_tracking_uri(value):
 
 
 def check_positive_number(value):
-    try:
-        number = float(value)
-    except ValueError:
+    # Plain decimals only: YAML would read "1e3" as a string.
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", value):
         return "must be a number of US dollars, e.g. 20 or 7.5"
-    if not 0 < number < 1e6:
+    if not 0 < float(value) < 1e6:
         return "must be greater than 0"
     return None
 

@@ -58,7 +58,7 @@ def build_tiny_model(out_dir: str | Path, corpus_path: str | Path, vocab_size: i
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
-        intermediate_size=176,
+        intermediate_size=192,  # every linear width a multiple of 32: bitsandbytes 4-bit CPU kernels need it
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

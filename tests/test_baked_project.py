@@ -1,0 +1,93 @@
+"""The default bake as a user meets it: installed, its own tests, `make smoke`, DVC.
+
+These run the baked project's real code on its tiny model (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import bake
+
+PACKAGE = "baked_check"
+
+
+def run(*command: str, cwd: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        list(command), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", **env},
+    )
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The default bake (another name, so it cannot clash with a demo install), pip-installed."""
+    project = bake(tmp_path_factory.mktemp("baked"), project_name="Baked Check")
+    run(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "-e", ".", cwd=project)
+    return project
+
+
+def test_console_script_is_installed(installed):
+    script = Path(sys.executable).parent / PACKAGE
+    result = run(str(script), "--help", cwd=installed)
+    for command in ("prepare", "train", "evaluate", "smoke"):
+        assert command in result.stdout
+
+
+def test_baked_test_suite_passes(installed):
+    result = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=installed)
+    summary = result.stdout.strip().splitlines()[-1]
+    passed = int(summary.split(" passed")[0].split()[-1])
+    assert passed >= 30 and "failed" not in summary and "skipped" not in summary, summary
+
+
+def test_make_smoke_trains_end_to_end_within_90_seconds(installed):
+    started = time.perf_counter()
+    result = run("make", "smoke", f"PYTHON={sys.executable}", cwd=installed)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 90, f"make smoke took {elapsed:.0f} s"
+    metrics = json.loads((installed / "outputs/smoke/metrics.json").read_text())
+    assert metrics["eval_loss"] > 0 and metrics["perplexity"] > 1
+    assert (installed / "outputs/smoke/adapter/adapter_model.safetensors").is_file()
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in result.stdout
+    # The run is in the local MLflow store, in the smoke experiment, with its metrics.
+    with sqlite3.connect(installed / "mlflow.db") as db:
+        names = {row[0] for row in db.execute("select distinct m.key from metrics m")}
+        experiments = {row[0] for row in db.execute("select name from experiments")}
+    assert {"loss", "eval_loss", "tokens_per_second", "cost_usd", "gpu_hours"} <= names
+    assert "baked-check-smoke" in experiments
+
+
+def test_dvc_repro_and_exp_run(tmp_path_factory, installed):
+    """`dvc exp run -S` runs prepare -> train -> evaluate; a second repro skips everything."""
+    project = bake(tmp_path_factory.mktemp("dvc"), project_name="Baked Check")
+    tiny = project / ".cache/tiny-model"
+    run(sys.executable, "-m", PACKAGE, "tiny-model", "--out", str(tiny), cwd=project)
+    settings = [
+        f"model.base={tiny}", "model.method=lora", "compute.device=cpu", "data.max_length=512",
+        "train.max_steps=6", "train.micro_batch=4", "train.global_batch=8", "train.log_every_steps=2",
+        f"tracking.uri=sqlite:///{project / 'mlflow.db'}",
+    ]
+    run("dvc", "exp", "run", *[arg for s in settings for arg in ("-S", s)], cwd=project)
+    metrics = json.loads((project / "outputs/metrics.json").read_text())
+    assert metrics["eval_loss"] > 0
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "train", "evaluate"}
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["max_steps"] == 6
+
+    shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=project).stdout)
+    assert any("eval_loss" in json.dumps(v) for v in shown.values())
+    again = run("dvc", "repro", cwd=project)
+    assert "didn't change, skipping" in again.stdout
+    assert "Running stage" not in again.stdout
