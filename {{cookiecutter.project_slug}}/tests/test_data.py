@@ -57,6 +57,7 @@ def test_packing_fills_rows_and_masks_example_starts():
     packed = data.pack(examples, max_length=10, pad_id=0)
     assert packed.input_ids.shape == (2, 10)
     assert packed.stats["packing_efficiency"] == 1.0
+    assert packed.stats["mean_context"] == round((49 + 25 + 9 + 9 + 4) / 20, 2)
     assert int(packed.real_tokens.sum()) == 20
     # Every example restarts its positions; its first token is never a target.
     starts = (packed.position_ids == 0).sum().item()
@@ -139,7 +140,10 @@ def test_prepare_reports_drops_and_writes_all_outputs(make_params, tokenizer, tm
     params = make_params("data.max_length=160")
     summary = data.prepare(params, tokenizer, log=lambda *_: None)
     prepared = tmp_path / "prepared"
-    assert sorted(p.name for p in prepared.iterdir()) == ["summary.json", "train.pt", "val.pt"]
+    assert sorted(p.name for p in prepared.iterdir()) == ["held_out_prompts.jsonl", "summary.json", "train.pt", "val.pt"]
+    prompts = [json.loads(line) for line in (prepared / "held_out_prompts.jsonl").read_text().splitlines()]
+    assert len(prompts) == params.eval.generations
+    assert all(p["messages"][-1]["role"] == "user" and p["reference"] for p in prompts)
     assert json.loads((prepared / "summary.json").read_text()) == summary
     dropped = summary["train"]["dropped_too_long"] + summary["val"]["dropped_too_long"]
     kept = summary["train"]["examples"] + summary["val"]["examples"]

@@ -1,4 +1,4 @@
-"""Command line: `{{ cookiecutter.package_name }} prepare | train | evaluate | smoke | tiny-model`.
+"""Command line: `{{ cookiecutter.package_name }} prepare | train | evaluate | merge | smoke | tiny-model`.
 
 Exit codes (documented in the README; SkyPilot recovery and retry loops act on them):
   0  success
@@ -79,6 +79,12 @@ def cmd_evaluate(params: Params) -> None:
     evaluate(params)
 
 
+def cmd_merge(params: Params, args) -> None:
+    from .merge import merge
+
+    merge(params, args.out or f"{params.train.output_dir}/merged", args.dtype)
+
+
 def cmd_smoke(params: Params) -> None:
     started = time.perf_counter()
     for stage in (cmd_prepare, cmd_train, cmd_evaluate):
@@ -105,6 +111,7 @@ COMMANDS = {
     "prepare": (cmd_prepare, "validate, tokenize and pack the dataset (DVC stage 'prepare')"),
     "train": (cmd_train, "train the adapter, logging to MLflow (DVC stage 'train')"),
     "evaluate": (cmd_evaluate, "validation loss and perplexity -> metrics.json (DVC stage 'evaluate')"),
+    "merge": (cmd_merge, "merge the adapter into the base model (16-bit) -> a standard model directory"),
     "smoke": (cmd_smoke, "prepare + train + evaluate on the tiny model, on CPU, in about a minute"),
 }
 
@@ -120,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name != "smoke":
             sub.add_argument("--smoke", action="store_true", help="use the tiny model and a short schedule (CPU, seconds)")
+        if name == "merge":
+            sub.add_argument("--out", help="output directory (default: <train.output_dir>/merged)")
+            sub.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     tiny = commands.add_parser("tiny-model", help="build the tiny random test model")
     tiny.add_argument("--out", default=str(TINY_MODEL_DIR))
     tiny.add_argument("--data", default="data/raw/support.jsonl", help="JSONL to train the tokenizer on")
@@ -135,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "smoke":
             args.smoke = True
         params = resolve_params(args)
-        COMMANDS[args.command][0](params)
+        if args.command == "merge":
+            cmd_merge(params, args)
+        else:
+            COMMANDS[args.command][0](params)
     except (ConfigError, DataError, ModelNotFound) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID

@@ -49,24 +49,36 @@ class DataParams(_Section):
 
 class TrainParams(_Section):
     max_steps: int = Field(200, gt=0)
-    micro_batch: int = Field(4, gt=0)
+    micro_batch: int | Literal["auto"] = 4  # auto: the largest that fits on the GPU
     global_batch: int = Field(16, gt=0)  # sequences per optimizer step, across all GPUs
     learning_rate: float = Field(2e-4, gt=0)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = Field(10, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
+    gradient_checkpointing: bool | Literal["auto"] = "auto"  # auto: only when needed to fit
+    liger_kernels: bool | Literal["auto"] = "auto"  # auto: when installed, on a GPU
     seed: int = 42
     log_every_steps: int = Field(10, gt=0)
     output_dir: str = "outputs"
 
     @model_validator(mode="after")
     def _global_batch_divides(self) -> TrainParams:
+        if self.micro_batch == "auto":
+            return self
+        if self.micro_batch <= 0:
+            raise ValueError("micro_batch must be a positive number or auto")
         if self.global_batch % self.micro_batch:
             raise ValueError(
                 f"global_batch ({self.global_batch}) must be a multiple of micro_batch ({self.micro_batch})"
             )
         return self
+
+
+class EvalParams(_Section):
+    generations: int = Field(4, ge=0)  # held-out prompts answered by the trained model
+    max_new_tokens: int = Field(96, gt=0)
 
 
 class CheckpointParams(_Section):
@@ -83,6 +95,7 @@ class TrackingParams(_Section):
 
 class ComputeParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    peak_tflops: float | None = Field(None, gt=0)  # for MFU; None = look the GPU up in a table
     clouds: list[str] = Field(default_factory=list)
     spot: bool = True
 
@@ -100,6 +113,7 @@ class Params(_Section):
     lora: LoraParams = Field(default_factory=LoraParams)
     data: DataParams = Field(default_factory=DataParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    eval: EvalParams = Field(default_factory=EvalParams)
     checkpoint: CheckpointParams = Field(default_factory=CheckpointParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     compute: ComputeParams = Field(default_factory=ComputeParams)

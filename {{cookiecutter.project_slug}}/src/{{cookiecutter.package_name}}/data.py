@@ -199,6 +199,8 @@ def pack(examples: list[tuple[list[int], list[int]]], max_length: int, pad_id: i
 
     real = sum(len(e[0]) for e in examples)
     stats = {
+        # Mean causal context per token, sum(l^2) / sum(l): what attention FLOPs scale with.
+        "mean_context": round(sum(len(e[0]) ** 2 for e in examples) / max(1, real), 2),
         "rows": len(rows),
         "examples": len(examples),
         "tokens": real,
@@ -263,11 +265,22 @@ def prepare(params, tokenizer=None, log=print) -> dict:
         )
     summary["max_length"] = cfg.max_length
     summary["tokenizer"] = params.model.base
-    _write_prepared(Path(cfg.prepared_dir), splits, summary)
+    prompts = [held_out_prompt(record, cfg.format) for record in val_records[: params.eval.generations]]
+    _write_prepared(Path(cfg.prepared_dir), splits, summary, prompts)
     return summary
 
 
-def _write_prepared(out_dir: Path, splits: dict[str, Packed], summary: dict) -> None:
+def held_out_prompt(record: dict, fmt: str) -> dict:
+    """A validation record cut before its last answer: the prompt and the reference."""
+    if fmt == "text":
+        words = record["text"].split()
+        return {"prompt": " ".join(words[: len(words) // 2]), "reference": " ".join(words[len(words) // 2 :])}
+    messages = to_messages(record, fmt)
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return {"messages": messages[:last], "reference": messages[last]["content"]}
+
+
+def _write_prepared(out_dir: Path, splits: dict[str, Packed], summary: dict, prompts: list[dict]) -> None:
     with atomic_dir(out_dir) as tmp:
         for name, packed in splits.items():
             tensors = {
@@ -278,6 +291,7 @@ def _write_prepared(out_dir: Path, splits: dict[str, Packed], summary: dict) -> 
             }
             torch.save(tensors, tmp / f"{name}.pt")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (tmp / "held_out_prompts.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))
 
 
 def load_prepared(prepared_dir: str | Path, name: str) -> dict[str, torch.Tensor]:

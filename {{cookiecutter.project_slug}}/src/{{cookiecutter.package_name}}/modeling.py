@@ -22,18 +22,13 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def resolve_attention(requested: str, device: torch.device) -> str:
-    """flash-attention 2 when installed on a GPU, else PyTorch's SDPA."""
+def attention_candidates(requested: str, device: torch.device) -> list[str]:
+    """Fastest first: flash-attention 2 on a GPU (varlen: packed rows without a T x T mask),
+    then PyTorch's SDPA, then the eager reference implementation."""
+    chain = ["flash_attention_2", "sdpa", "eager"] if device.type == "cuda" else ["sdpa", "eager"]
     if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
+        return [requested]
+    return chain
 
 
 class ModelNotFound(ValueError):
@@ -63,7 +58,7 @@ def load_base_model(params, device: torch.device, quantize: bool | None = None):
 
     dtype = resolve_dtype(params.model.dtype, device)
     quantize = params.model.method == "qlora" if quantize is None else quantize
-    kwargs = {"dtype": dtype, "attn_implementation": resolve_attention(params.model.attn_implementation, device)}
+    kwargs = {"dtype": dtype}
     if quantize:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -72,14 +67,45 @@ def load_base_model(params, device: torch.device, quantize: bool | None = None):
             bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": device}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(params.model.base, **kwargs)
-    except OSError as err:
-        raise _model_not_found(params.model.base, err) from err
+    model = None
+    for attention in attention_candidates(params.model.attn_implementation, device):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(params.model.base, attn_implementation=attention, **kwargs)
+            break
+        except OSError as err:
+            raise _model_not_found(params.model.base, err) from err
+        except (ImportError, ValueError) as err:  # not installed / not supported by this model
+            if params.model.attn_implementation != "auto":
+                raise
+            print(f"attention {attention} unavailable ({str(err).splitlines()[0][:120]}); trying the next")
+    if model is None:
+        raise ModelNotFound(f"model.base={params.model.base!r}: no attention implementation could load it")
     if not quantize:
         model.to(device)
     model.config.use_cache = False  # the KV cache only helps generation
     return model
+
+
+def apply_liger_kernels(model, setting: bool | str, device: torch.device) -> bool:
+    """Fused Triton kernels (RMSNorm, SwiGLU, RoPE, linear cross-entropy) when available.
+
+    `auto` uses them on a GPU when liger-kernel is installed and supports the model.
+    """
+    if setting is False or (setting == "auto" and device.type != "cuda"):
+        return False
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        if setting is True:
+            raise
+        return False
+    _apply_liger_kernel_to_instance(model=model)
+    return True
+
+
+def enable_gradient_checkpointing(model) -> None:
+    # Non-reentrant checkpointing works with frozen inputs (LoRA) and 4-bit bases.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def add_adapter(model, params):

@@ -1,19 +1,26 @@
 """The training recipe: LoRA / QLoRA / DoRA fine-tuning of a causal LM, top to bottom.
 
-    setup   model + adapter, packed data, optimizer, schedule, MLflow run
+    setup   model + adapter, packed data, micro-batch, optimizer, schedule, MLflow run
     train   for each step: global batch -> micro-batches -> backward -> clip -> step
     save    the adapter (PEFT format) and the tokenizer, written atomically
 
-Features: packed rows without cross-example attention; loss normalised by the number of
-trained tokens in the whole global batch (so gradient accumulation and multi-GPU give the
-same update as one big batch); the sample order is a pure function of (seed, step), so a
-run can be resumed at any step; tokens/s, cost and GPU-hours logged live.
+Features
+- packed rows without cross-example attention (position ids restart per example);
+- loss normalised by the trained tokens of the whole global batch, so gradient
+  accumulation and any number of GPUs give the update of one big batch;
+- the sample order is a pure function of (seed, step): a run can resume at any step;
+- single GPU, DDP, FSDP or DeepSpeed through `accelerate launch` (configs/accelerate/);
+- `micro_batch: auto` finds the largest micro-batch that fits, gradient checkpointing
+  only when nothing fits without it, Liger fused kernels when installed;
+- AdamW (fused on GPU) or 8-bit / paged 8-bit AdamW from bitsandbytes;
+- loss, learning rate, grad norm, tokens/s, MFU, cost and GPU-hours logged live.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -21,10 +28,12 @@ from pathlib import Path
 
 import torch
 
-from . import data, modeling
+from . import data, modeling, perf
 from .atomic import atomic_dir
 from .cost import CostMeter
 from .tracking import Tracker
+
+BATCH_KEYS = ("input_ids", "labels", "position_ids")
 
 
 @functools.lru_cache(maxsize=4)
@@ -42,11 +51,61 @@ def rows_for_step(step: int, global_batch: int, n_rows: int, seed: int) -> list[
     return rows
 
 
+def to_device(rows: dict[str, torch.Tensor], index, device) -> dict[str, torch.Tensor]:
+    return {key: rows[key][index].long().to(device, non_blocking=True) for key in BATCH_KEYS}
+
+
+def make_optimizer(name: str, parameters, lr: float, weight_decay: float, device: torch.device):
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
+    import bitsandbytes as bnb
+
+    optimizer = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}[name]
+    return optimizer(parameters, lr=lr, weight_decay=weight_decay)
+
+
 def learning_rate_schedule(optimizer, params):
     from transformers import get_scheduler
 
     name = {"constant": "constant_with_warmup"}.get(params.train.lr_schedule, params.train.lr_schedule)
     return get_scheduler(name, optimizer, num_warmup_steps=params.train.warmup_steps, num_training_steps=params.train.max_steps)
+
+
+def fits(model, rows, micro_batch: int, device: torch.device) -> bool:
+    """One forward + backward at full row length: does it fit in GPU memory?"""
+    try:
+        batch = to_device(rows, slice(0, micro_batch), device)
+        model(**batch, use_cache=False).loss.backward()
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+
+
+def choose_micro_batch(model, rows, params, per_process: int, device: torch.device) -> tuple[int, bool]:
+    """(micro_batch, gradient checkpointing) for this run.
+
+    A fixed micro_batch is used as given. `auto` on a GPU tries divisors of the per-process
+    batch, largest first; checkpointing (slower: recomputes activations) is switched on
+    only when not even one row fits without it. On a CPU `auto` means min(4, per process).
+    """
+    wanted, checkpointing = params.train.micro_batch, params.train.gradient_checkpointing
+    if checkpointing is True:
+        modeling.enable_gradient_checkpointing(model)
+    if wanted != "auto":
+        return wanted, checkpointing is True
+    candidates = [m for m in range(per_process, 0, -1) if per_process % m == 0]
+    if device.type != "cuda":
+        return next(m for m in candidates if m <= 4), checkpointing is True
+    for use_checkpointing in ([checkpointing is True] if checkpointing != "auto" else [False, True]):
+        if use_checkpointing:
+            modeling.enable_gradient_checkpointing(model)
+        for micro_batch in candidates:
+            if fits(model, rows, micro_batch, device):
+                return micro_batch, use_checkpointing
+    raise RuntimeError("not even one row fits in GPU memory: lower data.max_length, or use model.method=qlora")
 
 
 def train(params, log=print) -> Path:
@@ -60,34 +119,48 @@ def train(params, log=print) -> Path:
     dtype = modeling.resolve_dtype(params.model.dtype, device)
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if cfg.global_batch % (cfg.micro_batch * world):
-        raise ValueError(f"train.global_batch={cfg.global_batch} is not a multiple of micro_batch x processes")
-    accumulation = cfg.global_batch // (cfg.micro_batch * world)
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    if cfg.global_batch % world:
+        raise ValueError(f"train.global_batch={cfg.global_batch} is not a multiple of the {world} processes")
+    per_process = cfg.global_batch // world
 
     # ------------------------------------------------------------------ setup
     set_seed(cfg.seed)
     tokenizer = modeling.load_tokenizer(params.model.base)
-    model = modeling.add_adapter(modeling.load_base_model(params, accelerator.device), params)
+    base = modeling.load_base_model(params, device)
+    liger = modeling.apply_liger_kernels(base, cfg.liger_kernels, device)
+    n_matmul = perf.matmul_parameters(base)
+    model = modeling.add_adapter(base, params)
     trainable, total = modeling.count_parameters(model)
     rows = data.load_prepared(params.data.prepared_dir, "train")
+    summary = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())
     n_rows = len(rows["input_ids"])
+    micro_batch, checkpointing = choose_micro_batch(model, rows, params, per_process, device)
+    accumulation = per_process // micro_batch
+
     trainable_params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable_params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=accelerator.device.type == "cuda"
-    )
+    optimizer = make_optimizer(cfg.optimizer, trainable_params, cfg.learning_rate, cfg.weight_decay, device)
     scheduler = learning_rate_schedule(optimizer, params)
     model, optimizer = accelerator.prepare(model, optimizer)
 
+    config = base.config
+    token_flops = perf.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, summary["train"]["mean_context"])
+    peak = perf.peak_flops(device, params.compute.peak_tflops)
     is_main = accelerator.is_main_process
-    meter = CostMeter(params.cost.hourly_usd, gpus=world if accelerator.device.type == "cuda" else 0)
+    meter = CostMeter(params.cost.hourly_usd, gpus=world if device.type == "cuda" else 0)
     tracker = Tracker(params) if is_main else None
     if tracker:
         tracker.save_run_file(cfg.output_dir)
-        tracker.mlflow.log_params({"trainable_parameters": trainable, "total_parameters": total, "processes": world})
+        tracker.mlflow.log_params({
+            "trainable_parameters": trainable, "total_parameters": total, "processes": world,
+            "resolved.micro_batch": micro_batch, "resolved.accumulation": accumulation,
+            "resolved.gradient_checkpointing": checkpointing, "resolved.liger_kernels": liger,
+            "resolved.dtype": str(dtype).removeprefix("torch."), "flops_per_token": int(token_flops),
+        })
     log(
-        f"training {trainable:,} of {total:,} parameters ({params.model.method}) on {world}x {accelerator.device.type}; "
-        f"{n_rows} rows, global batch {cfg.global_batch} = {cfg.micro_batch} x {accumulation} accumulation x {world} processes"
+        f"training {trainable:,} of {total:,} parameters ({params.model.method}) on {world}x {device.type}; "
+        f"{n_rows} rows, global batch {cfg.global_batch} = {micro_batch} x {accumulation} accumulation x {world} processes"
+        f"{', gradient checkpointing' if checkpointing else ''}{', Liger kernels' if liger else ''}"
     )
 
     # ------------------------------------------------------------------ train
@@ -98,16 +171,15 @@ def train(params, log=print) -> Path:
     try:
         for step in range(cfg.max_steps):
             batch_rows = rows_for_step(step, cfg.global_batch, n_rows, cfg.seed)
-            labels = rows["labels"][batch_rows]
             # Normalise by the trained tokens of the whole global batch, not per micro-batch.
-            trained_tokens = int((labels != data.IGNORE).sum())
-            my_rows = batch_rows[rank * cfg.micro_batch * accumulation : (rank + 1) * cfg.micro_batch * accumulation]
+            trained_tokens = int((rows["labels"][batch_rows] != data.IGNORE).sum())
+            my_rows = batch_rows[rank * per_process : (rank + 1) * per_process]
 
             model.train()
-            step_loss = torch.zeros((), device=accelerator.device)
+            step_loss = torch.zeros((), device=device)
             for i in range(accumulation):
-                micro = my_rows[i * cfg.micro_batch : (i + 1) * cfg.micro_batch]
-                batch = {key: rows[key][micro].long().to(accelerator.device) for key in ("input_ids", "labels", "position_ids")}
+                micro = my_rows[i * micro_batch : (i + 1) * micro_batch]
+                batch = to_device(rows, micro, device)
                 # Gradients are all-reduced only on the last micro-batch of the step.
                 sync = nullcontext() if i == accumulation - 1 else accelerator.no_sync(model)
                 with sync:
@@ -127,7 +199,7 @@ def train(params, log=print) -> Path:
             done = step + 1
             if done % cfg.log_every_steps == 0 or done == cfg.max_steps:
                 loss = accelerator.reduce(step_loss, "sum").item()
-                tokens = accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), "sum").item()
+                tokens = accelerator.reduce(torch.tensor(window_tokens, device=device), "sum").item()
                 tokens_per_second = tokens / max(1e-9, time.perf_counter() - window_start)
                 window_tokens, window_start = 0, time.perf_counter()
                 if not math.isfinite(loss):
@@ -135,15 +207,19 @@ def train(params, log=print) -> Path:
                 loss_log.append((done, loss))
                 progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
                 if tracker:
-                    tracker.log(
-                        done,
-                        loss=loss,
-                        learning_rate=scheduler.get_last_lr()[0],
-                        grad_norm=float(grad_norm),
-                        tokens_per_second=tokens_per_second,
-                        cost_usd=meter.cost_usd,
-                        gpu_hours=meter.gpu_hours,
-                    )
+                    metrics = {
+                        "loss": loss,
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm),
+                        "tokens_per_second": tokens_per_second,
+                        "cost_usd": meter.cost_usd,
+                        "gpu_hours": meter.gpu_hours,
+                    }
+                    if peak:
+                        metrics["mfu"] = tokens_per_second * token_flops / (peak * world)
+                    if device.type == "cuda":
+                        metrics["gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                    tracker.log(done, **metrics)
             progress.update(1)
         status = "FINISHED"
     finally:

@@ -1,0 +1,122 @@
+"""Recipe features on the tiny model: QLoRA, DoRA, 8-bit AdamW, DDP, merge, generations."""
+
+import json
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from {{ cookiecutter.package_name }} import data, modeling, perf
+from {{ cookiecutter.package_name }}.evaluate import evaluate
+from {{ cookiecutter.package_name }}.merge import merge
+from {{ cookiecutter.package_name }}.train import choose_micro_batch, train
+
+quiet = {"log": lambda *_: None}
+
+
+def losses(params):
+    lines = open(f"{params.train.output_dir}/train_loss.csv").read().splitlines()[1:]
+    return [float(line.split(",")[1]) for line in lines]
+
+
+def test_qlora_trains_a_4bit_base_on_cpu(make_params):
+    params = make_params("model.method=qlora", "train.max_steps=20", "train.log_every_steps=5")
+    data.prepare(params, **quiet)
+    adapter = train(params, **quiet)
+    curve = losses(params)
+    assert curve[-1] < curve[0] - 0.2, curve
+    model = modeling.load_trained(params, adapter, torch.device("cpu"))
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+
+
+def test_dora_and_8bit_adamw_train(make_params):
+    params = make_params("model.method=dora", "train.optimizer=adamw_8bit", "train.max_steps=20", "train.log_every_steps=5")
+    data.prepare(params, **quiet)
+    adapter = train(params, **quiet)
+    assert json.loads((adapter / "adapter_config.json").read_text())["use_dora"] is True
+    curve = losses(params)
+    assert curve[-1] < curve[0] - 0.2, curve
+
+
+def test_two_process_ddp_matches_one_process(make_params, tmp_path):
+    """Same global batch on 1 process (2 x accumulation) and 2 processes (gloo): same adapter."""
+    common = ["train.max_steps=4", "train.micro_batch=4", "train.global_batch=8", "lora.dropout=0", "train.log_every_steps=2"]
+    single = make_params(*common)
+    data.prepare(single, **quiet)
+    train(single, **quiet)
+
+    overrides = [f"{key}={value}" for key, value in single.flat().items() if value is not None and not isinstance(value, list)]
+    overrides = [o for o in overrides if not o.startswith("train.output_dir=")] + [f"train.output_dir={tmp_path / 'ddp'}"]
+    args = [arg for o in overrides for arg in ("--set", o)]
+    result = run_cli_torchrun(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 x 1 accumulation x 2 processes" in result.stdout + result.stderr
+
+    one = load_file(f"{single.train.output_dir}/adapter/adapter_model.safetensors")
+    two = load_file(tmp_path / "ddp/adapter/adapter_model.safetensors")
+    assert one.keys() == two.keys()
+    moved = 0
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], atol=2e-5, rtol=1e-4)
+        moved += int("lora_B" in key and one[key].abs().sum() > 0)
+    assert moved > 0  # the adapters did train (lora_B starts at zero)
+
+
+def run_cli_torchrun(args):
+    import subprocess
+
+    from conftest import PROJECT
+
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "{{ cookiecutter.package_name }}", "train", *args],
+        cwd=PROJECT, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_merged_model_gives_the_adapter_logits_and_generations_are_saved(make_params, tmp_path):
+    params = make_params("train.max_steps=10", "eval.generations=3", "eval.max_new_tokens=8")
+    data.prepare(params, **quiet)
+    adapter = train(params, **quiet)
+    evaluate(params, **quiet)
+    generations = [json.loads(line) for line in (tmp_path / "outputs/generations.jsonl").read_text().splitlines()]
+    assert len(generations) == 3 and all(isinstance(g["generated"], str) and g["reference"] for g in generations)
+
+    merged_dir = merge(params, tmp_path / "merged", dtype="float32", **quiet)
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    with_adapter = modeling.load_trained(params, adapter, torch.device("cpu"))
+    ids = data.load_prepared(params.data.prepared_dir, "val")["input_ids"][:2].long()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, with_adapter(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+        # The adapter changed the model: the merge is not a no-op.
+        base = modeling.load_base_model(params, torch.device("cpu"))
+        assert (base(input_ids=ids).logits - merged(input_ids=ids).logits).abs().max() > 1e-3
+
+
+def test_micro_batch_auto_on_cpu_keeps_the_global_batch(make_params):
+    params = make_params("train.micro_batch=auto", "train.global_batch=12")
+    assert choose_micro_batch(None, None, params, per_process=12, device=torch.device("cpu")) == (4, False)
+    assert choose_micro_batch(None, None, params, per_process=6, device=torch.device("cpu")) == (3, False)
+
+
+def test_flops_per_token_follow_the_lora_convention():
+    # 4N for a frozen base, plus causal attention 6 * layers * hidden * context.
+    assert perf.flops_per_token(n_matmul=1000, layers=2, hidden=8, context=10) == 4000 + 960
+    assert perf.peak_flops(torch.device("cpu")) is None
+    assert perf.peak_flops(torch.device("cpu"), override_tflops=100) == 100e12
+
+
+def test_attention_falls_back_when_the_fastest_is_unavailable(make_params, monkeypatch, capsys):
+    # flash-attention is not installed on CPU test machines: auto mode moves on to SDPA.
+    monkeypatch.setattr(modeling, "attention_candidates", lambda requested, device: ["flash_attention_2", "sdpa"])
+    model = modeling.load_base_model(make_params(), torch.device("cpu"))
+    assert model.config._attn_implementation == "sdpa"
+    assert "attention flash_attention_2 unavailable" in capsys.readouterr().out
+
+
+def test_an_explicit_attention_choice_is_not_silently_replaced(make_params):
+    with pytest.raises((ImportError, ValueError)):
+        modeling.load_base_model(make_params("model.attn_implementation=flash_attention_2"), torch.device("cpu"))
