@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 RUN_FILE = "mlflow_run.json"  # in train.output_dir: lets `evaluate` log into the training run
@@ -46,33 +47,53 @@ def run_tags(params) -> dict[str, str]:
     return {key: value for key, value in tags.items() if value}
 
 
+def _client(uri: str):
+    # An explicit client, not mlflow's fluent API: that one keeps a process-wide "current"
+    # URI and run (and exports MLFLOW_TRACKING_URI), so a second run in the same process,
+    # as in tests or a notebook, would silently log into the first one's store.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
 class Tracker:
-    """A thin wrapper so the training loop reads `tracker.log(step, loss=...)`."""
+    """One MLflow run: `tracker.log(step, loss=...)` from the training loop."""
 
     def __init__(self, params, run_name: str | None = None, extra_tags: dict | None = None):
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        import mlflow
+        self.uri = tracking_uri(params)
+        self.client = _client(self.uri)
+        self.experiment_id = experiment_id(self.client, params.tracking.experiment)
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**run_tags(params), **(extra_tags or {})})
+        self.run_id = run.info.run_id
+        self.log_params(params.flat())
 
-        self.mlflow = mlflow
-        mlflow.set_tracking_uri(tracking_uri(params))
-        mlflow.set_experiment(params.tracking.experiment)
-        self.run = mlflow.start_run(run_name=run_name, tags={**run_tags(params), **(extra_tags or {})})
-        self.run_id = self.run.info.run_id
-        mlflow.log_params(params.flat())
+    def log_params(self, values: dict) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in values.items()])
 
     def log(self, step: int, **metrics: float) -> None:
-        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def log_artifact(self, path: str | Path) -> None:
-        self.mlflow.log_artifact(str(path))
+        self.client.log_artifact(self.run_id, str(path))
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.mlflow.end_run(status=status)
+        self.client.set_terminated(self.run_id, status)
 
     def save_run_file(self, output_dir: str | Path) -> None:
         path = Path(output_dir) / RUN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        info = {"run_id": self.run_id, "experiment_id": self.run.info.experiment_id, "tracking_uri": self.mlflow.get_tracking_uri()}
+        info = {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.uri}
         path.write_text(json.dumps(info, indent=2) + "\n")
 
 
@@ -81,13 +102,12 @@ def log_to_training_run(params, metrics: dict[str, float], artifacts: list[Path]
     path = Path(params.train.output_dir) / RUN_FILE
     if not path.is_file():
         return None
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
+    from mlflow.entities import Metric
 
     info = json.loads(path.read_text())
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or info["tracking_uri"])
-    with mlflow.start_run(run_id=info["run_id"]):
-        mlflow.log_metrics(metrics, step=step)
-        for artifact in artifacts:
-            mlflow.log_artifact(str(artifact))
+    client = _client(os.environ.get("MLFLOW_TRACKING_URI") or info["tracking_uri"])
+    now = int(time.time() * 1000)
+    client.log_batch(info["run_id"], metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+    for artifact in artifacts:
+        client.log_artifact(info["run_id"], str(artifact))
     return info["run_id"]

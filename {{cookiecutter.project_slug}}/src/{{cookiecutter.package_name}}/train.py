@@ -151,7 +151,7 @@ def train(params, log=print) -> Path:
     tracker = Tracker(params) if is_main else None
     if tracker:
         tracker.save_run_file(cfg.output_dir)
-        tracker.mlflow.log_params({
+        tracker.log_params({
             "trainable_parameters": trainable, "total_parameters": total, "processes": world,
             "resolved.micro_batch": micro_batch, "resolved.accumulation": accumulation,
             "resolved.gradient_checkpointing": checkpointing, "resolved.liger_kernels": liger,
@@ -232,8 +232,7 @@ def train(params, log=print) -> Path:
     if is_main:
         save_adapter(accelerator.unwrap_model(model), tokenizer, adapter_dir)
         write_loss_csv(loss_log, Path(cfg.output_dir) / "train_loss.csv")
-        tracker.log(cfg.max_steps, cost_usd=meter.cost_usd, gpu_hours=meter.gpu_hours)
-        tracker.mlflow.log_metrics({"train_runtime_s": meter.hours * 3600, "final_loss": loss_log[-1][1]})
+        tracker.log(cfg.max_steps, train_runtime_s=meter.hours * 3600, final_loss=loss_log[-1][1])
         tracker.finish()
         log(f"adapter saved to {adapter_dir} (MLflow run {tracker.run_id})")
     accelerator.wait_for_everyone()
