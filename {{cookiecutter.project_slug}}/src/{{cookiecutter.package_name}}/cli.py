@@ -1,9 +1,12 @@
 """Command line: `{{ cookiecutter.package_name }} prepare | train | evaluate | merge | smoke | tiny-model`.
 
 Exit codes (documented in the README; SkyPilot recovery and retry loops act on them):
-  0  success
-  2  invalid input: bad params, bad data, a model that cannot be loaded, missing files.
-     Fix and rerun; retrying won't help.
+  0   success
+  2   invalid input: bad params, bad data, a model that cannot be loaded, missing files,
+      a checkpoint made with other params. Fix and rerun; retrying won't help.
+  3   budget exceeded: the run's cost crossed budget.max_run_usd; a checkpoint was saved.
+  75  interrupted (SIGTERM / SIGINT, e.g. a spot notice) after a checkpoint was saved:
+      rerun the same command to resume. SkyPilot's job recovery retries on this code.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ from pathlib import Path
 
 from .config import ConfigError, Params, load_params
 from .data import DataError
+from .checkpoints import IncompatibleCheckpoint
 from .modeling import ModelNotFound
+from .train import BudgetExceeded, Interrupted
 
 EXIT_OK = 0
 EXIT_INVALID = 2
+EXIT_BUDGET = 3
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again
 
 TINY_MODEL_DIR = Path(".cache/tiny-model")
 
@@ -67,10 +74,10 @@ def cmd_prepare(params: Params) -> None:
     data.prepare(params)
 
 
-def cmd_train(params: Params) -> None:
+def cmd_train(params: Params, resume: str = "auto") -> None:
     from .train import train
 
-    train(params)
+    train(params, resume=resume)
 
 
 def cmd_evaluate(params: Params) -> None:
@@ -85,10 +92,11 @@ def cmd_merge(params: Params, args) -> None:
     merge(params, args.out or f"{params.train.output_dir}/merged", args.dtype)
 
 
-def cmd_smoke(params: Params) -> None:
+def cmd_smoke(params: Params, resume: str = "never") -> None:
     started = time.perf_counter()
-    for stage in (cmd_prepare, cmd_train, cmd_evaluate):
-        stage(params)
+    cmd_prepare(params)
+    cmd_train(params, resume)
+    cmd_evaluate(params)
     from .tracking import tracking_uri
 
     uri = tracking_uri(params)
@@ -127,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name != "smoke":
             sub.add_argument("--smoke", action="store_true", help="use the tiny model and a short schedule (CPU, seconds)")
+        if name in ("train", "smoke"):
+            sub.add_argument(
+                "--resume", default="auto" if name == "train" else "never", metavar="auto|never|PATH",
+                help="auto: continue from the newest valid checkpoint of this configuration (default for train); "
+                "never: start afresh; or a checkpoint directory",
+            )
         if name == "merge":
             sub.add_argument("--out", help="output directory (default: <train.output_dir>/merged)")
             sub.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -147,9 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         params = resolve_params(args)
         if args.command == "merge":
             cmd_merge(params, args)
+        elif args.command == "train":
+            cmd_train(params, args.resume)
+        elif args.command == "smoke":
+            cmd_smoke(params, args.resume)
         else:
             COMMANDS[args.command][0](params)
-    except (ConfigError, DataError, ModelNotFound) as err:
+    except (ConfigError, DataError, ModelNotFound, IncompatibleCheckpoint) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
+    except Interrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BudgetExceeded as err:
+        print(f"budget exceeded: {err}", file=sys.stderr)
+        return EXIT_BUDGET
     return EXIT_OK

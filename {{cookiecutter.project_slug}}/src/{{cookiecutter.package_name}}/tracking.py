@@ -65,9 +65,20 @@ def experiment_id(client, name: str) -> str:
 class Tracker:
     """One MLflow run: `tracker.log(step, loss=...)` from the training loop."""
 
-    def __init__(self, params, run_name: str | None = None, extra_tags: dict | None = None):
+    def __init__(self, params, run_name: str | None = None, extra_tags: dict | None = None, resume_run_id: str | None = None):
         self.uri = tracking_uri(params)
         self.client = _client(self.uri)
+        self.last_logged_step = 0
+        if resume_run_id:
+            # A resumed job continues its own run: same id, metrics go on from where they stopped.
+            run = self.client.get_run(resume_run_id)
+            self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            history = self.client.get_metric_history(self.run_id, "loss")
+            self.last_logged_step = max((m.step for m in history), default=0)
+            for key, value in (extra_tags or {}).items():
+                self.client.set_tag(self.run_id, key, value)
+            return
         self.experiment_id = experiment_id(self.client, params.tracking.experiment)
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**run_tags(params), **(extra_tags or {})})
         self.run_id = run.info.run_id

@@ -13,6 +13,10 @@ Features
 - `micro_batch: auto` finds the largest micro-batch that fits, gradient checkpointing
   only when nothing fits without it, Liger fused kernels when installed;
 - AdamW (fused on GPU) or 8-bit / paged 8-bit AdamW from bitsandbytes;
+- checkpoints every N steps / M minutes, on SIGTERM or SIGINT (a spot notice, Ctrl-C) and
+  at the end; `resume="auto"` continues from the newest valid one, bitwise as if never
+  interrupted (on CPU), in the same MLflow run, with the cost of every segment counted;
+- a budget guard: crossing budget.max_run_usd saves a checkpoint and stops;
 - loss, learning rate, grad norm, tokens/s, MFU, cost and GPU-hours logged live.
 """
 
@@ -20,18 +24,44 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import math
+import os
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from . import data, modeling, perf
+from . import checkpoints, data, modeling, perf
 from .atomic import atomic_dir
 from .cost import CostMeter
 from .tracking import Tracker
+
+
+class Interrupted(Exception):
+    """SIGTERM / SIGINT arrived; a checkpoint was saved. Exit code 75: safe to retry."""
+
+
+class BudgetExceeded(Exception):
+    """The run's cost crossed budget.max_run_usd; a checkpoint was saved. Exit code 3."""
+
+
+class StopSignal:
+    """Remembers a SIGTERM / SIGINT so the loop can checkpoint at the next step boundary."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 BATCH_KEYS = ("input_ids", "labels", "position_ids")
 
@@ -108,8 +138,27 @@ def choose_micro_batch(model, rows, params, per_process: int, device: torch.devi
     raise RuntimeError("not even one row fits in GPU memory: lower data.max_length, or use model.method=qlora")
 
 
-def train(params, log=print) -> Path:
-    """Train an adapter; returns the directory it was saved to."""
+class SampleLog:
+    """Audit trail of the rows each step trained on (TRAIN_SAMPLE_LOG=path): proves that a
+    resumed run neither skips nor repeats data. One line per step, appended."""
+
+    def __init__(self, path: str | None, start_step: int):
+        self.file = open(path, "a") if path else None  # noqa: SIM115 - lives as long as the run
+        if self.file:
+            self.file.write(f"start {start_step}\n")
+            self.file.flush()
+
+    def record(self, step: int, rows: list[int]) -> None:
+        if self.file:
+            self.file.write(f"{step} {' '.join(map(str, rows))}\n")
+            self.file.flush()
+
+
+def train(params, resume: str = "auto", log=print) -> Path:
+    """Train an adapter; returns the directory it was saved to.
+
+    resume: "auto" (newest valid checkpoint of this configuration), "never", or a path.
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -143,14 +192,35 @@ def train(params, log=print) -> Path:
     scheduler = learning_rate_schedule(optimizer, params)
     model, optimizer = accelerator.prepare(model, optimizer)
 
+    # --------------------------------------------------------------- resume
+    fingerprint = hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
+    compat = checkpoints.compatibility(params, fingerprint)
+    run_dir = Path(params.checkpoint.dir) / checkpoints.run_key(compat)
+    restored = None
+    if accelerator.is_main_process:
+        start_from = checkpoints.resume_point(run_dir, resume, log)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        start_from = checkpoints.latest_valid(run_dir, lambda *_: None) if resume == "auto" else (None if resume == "never" else Path(resume))
+    if start_from is not None:
+        restored = checkpoints.load(start_from, accelerator.unwrap_model(model), optimizer, scheduler, compat)
+        log(f"resuming from {start_from} (step {restored.step})")
+    start_step = restored.step if restored else 0
+    recoveries = restored.state["recoveries"] + 1 if restored else 0
+    segments_file = run_dir / checkpoints.SEGMENTS
+    previous_segments = json.loads(segments_file.read_text()) if restored and segments_file.is_file() else []
+
     config = base.config
     token_flops = perf.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, summary["train"]["mean_context"])
     peak = perf.peak_flops(device, params.compute.peak_tflops)
     is_main = accelerator.is_main_process
-    meter = CostMeter(params.cost.hourly_usd, gpus=world if device.type == "cuda" else 0)
-    tracker = Tracker(params) if is_main else None
-    if tracker:
+    meter = CostMeter(params.cost.hourly_usd, gpus=world if device.type == "cuda" else 0, previous=previous_segments)
+    tracker = None
+    if is_main:
+        resume_run_id = restored.state.get("mlflow_run_id") if restored else None
+        tracker = Tracker(params, extra_tags={"recoveries": str(recoveries)}, resume_run_id=resume_run_id)
         tracker.save_run_file(cfg.output_dir)
+    if tracker and not restored:
         tracker.log_params({
             "trainable_parameters": trainable, "total_parameters": total, "processes": world,
             "resolved.micro_batch": micro_batch, "resolved.accumulation": accumulation,
@@ -163,13 +233,34 @@ def train(params, log=print) -> Path:
         f"{', gradient checkpointing' if checkpointing else ''}{', Liger kernels' if liger else ''}"
     )
 
+    def save_checkpoint(step: int) -> None:
+        if is_main:
+            state = {
+                "mlflow_run_id": tracker.run_id,
+                "recoveries": recoveries,
+                "compatibility": compat,
+                "data_position": {"step": step, "seed": cfg.seed, "rows": n_rows, "global_batch": cfg.global_batch},
+                "tokens_seen": tokens_seen,
+                "loss_log": loss_log,
+            }
+            started = time.perf_counter()
+            checkpoints.save(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, state, params.checkpoint.keep)
+            checkpoints.write_json_atomic(segments_file, meter.segments())
+            if step > tracker.last_logged_step:
+                tracker.log(step, checkpoint_seconds=time.perf_counter() - started)
+        accelerator.wait_for_everyone()
+
     # ------------------------------------------------------------------ train
-    loss_log: list[tuple[int, float]] = []
+    loss_log: list[tuple[int, float]] = [tuple(x) for x in restored.state["loss_log"]] if restored else []
+    tokens_seen = restored.state["tokens_seen"] if restored else 0
     window_tokens, window_start = 0, time.perf_counter()
-    progress = tqdm(total=cfg.max_steps, desc="train", unit="step", disable=not is_main)
+    last_checkpoint = time.monotonic()
+    sample_log = SampleLog(os.environ.get("TRAIN_SAMPLE_LOG"), start_step) if is_main else None
+    stop = StopSignal()
+    progress = tqdm(total=cfg.max_steps, initial=start_step, desc="train", unit="step", disable=not is_main)
     status = "FAILED"
     try:
-        for step in range(cfg.max_steps):
+        for step in range(start_step, cfg.max_steps):
             batch_rows = rows_for_step(step, cfg.global_batch, n_rows, cfg.seed)
             # Normalise by the trained tokens of the whole global batch, not per micro-batch.
             trained_tokens = int((rows["labels"][batch_rows] != data.IGNORE).sum())
@@ -190,6 +281,7 @@ def train(params, log=print) -> Path:
                     accelerator.backward(out.loss * world)
                 step_loss += out.loss.detach()
                 window_tokens += int(rows["real_tokens"][micro].sum())
+            tokens_seen += int(rows["real_tokens"][my_rows].sum()) * world
 
             grad_norm = accelerator.clip_grad_norm_(trainable_params, cfg.max_grad_norm)
             optimizer.step()
@@ -197,6 +289,8 @@ def train(params, log=print) -> Path:
             optimizer.zero_grad(set_to_none=True)
 
             done = step + 1
+            if sample_log:
+                sample_log.record(step, batch_rows)
             if done % cfg.log_every_steps == 0 or done == cfg.max_steps:
                 loss = accelerator.reduce(step_loss, "sum").item()
                 tokens = accelerator.reduce(torch.tensor(window_tokens, device=device), "sum").item()
@@ -206,7 +300,8 @@ def train(params, log=print) -> Path:
                     raise FloatingPointError(f"loss is {loss} at step {done}; lower train.learning_rate")
                 loss_log.append((done, loss))
                 progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:,.0f}")
-                if tracker:
+                # After a resume, steps redone since the checkpoint are already in MLflow.
+                if tracker and done > tracker.last_logged_step:
                     metrics = {
                         "loss": loss,
                         "learning_rate": scheduler.get_last_lr()[0],
@@ -221,10 +316,34 @@ def train(params, log=print) -> Path:
                         metrics["gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                     tracker.log(done, **metrics)
             progress.update(1)
+
+            # Checkpoint on a signal, on the budget, every N steps or M minutes (all ranks agree).
+            signalled, over_budget = stop.received is not None, meter.cost_usd > params.budget.max_run_usd
+            due = done % params.checkpoint.every_steps == 0 or time.monotonic() - last_checkpoint >= params.checkpoint.every_minutes * 60
+            if world > 1:
+                flags = torch.tensor([signalled, over_budget, due], dtype=torch.float32, device=device)
+                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+                signalled, over_budget, due = flags.bool().tolist()
+            if signalled or over_budget or (due and done < cfg.max_steps):
+                save_checkpoint(done)
+                last_checkpoint = time.monotonic()
+            if signalled:
+                status = "KILLED"
+                raise Interrupted(f"stopped by signal at step {done}; checkpoint saved in {run_dir} (rerun to resume)")
+            if over_budget:
+                status = "KILLED"
+                raise BudgetExceeded(
+                    f"cost ${meter.cost_usd:.2f} crossed budget.max_run_usd=${params.budget.max_run_usd:.2f} at step {done}; "
+                    f"checkpoint saved in {run_dir}"
+                )
+        save_checkpoint(cfg.max_steps)
         status = "FINISHED"
     finally:
+        stop.restore()
         progress.close()
         if tracker and status != "FINISHED":
+            if run_dir.is_dir():  # the time spent is paid for even if no checkpoint came of it
+                checkpoints.write_json_atomic(segments_file, meter.segments())
             tracker.finish(status)
 
     # ------------------------------------------------------------------ save
@@ -232,8 +351,12 @@ def train(params, log=print) -> Path:
     if is_main:
         save_adapter(accelerator.unwrap_model(model), tokenizer, adapter_dir)
         write_loss_csv(loss_log, Path(cfg.output_dir) / "train_loss.csv")
-        tracker.log(cfg.max_steps, train_runtime_s=meter.hours * 3600, final_loss=loss_log[-1][1])
+        final = {"train_runtime_s": meter.hours * 3600, "tokens_seen": tokens_seen}
+        if loss_log:
+            final["final_loss"] = loss_log[-1][1]
+        tracker.log(cfg.max_steps, **final)
         tracker.finish()
+        (run_dir / checkpoints.COMPLETE).write_text(tracker.run_id + "\n")
         log(f"adapter saved to {adapter_dir} (MLflow run {tracker.run_id})")
     accelerator.wait_for_everyone()
     return adapter_dir

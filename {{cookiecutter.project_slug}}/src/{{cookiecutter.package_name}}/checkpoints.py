@@ -1,0 +1,228 @@
+"""Checkpoints that survive any interruption: atomic, verified, resumable.
+
+Layout (one folder per run configuration, so a run with other params starts afresh):
+
+    <checkpoint.dir>/<run key>/step-00000120/   adapter.safetensors  trainable weights
+                                                optimizer.pt         AdamW state
+                                                scheduler.pt         learning-rate schedule
+                                                rng.pt               python, numpy, torch CPU + CUDA
+                                                state.json           step, tokens, MLflow run id, params
+                                                manifest.json        sizes + sha256 of the above, LAST
+    <checkpoint.dir>/<run key>/segments.json    cost of every segment (restart) so far
+    <checkpoint.dir>/<run key>/COMPLETE         the run finished; `--resume auto` starts anew
+
+A checkpoint is written under a temporary name, every file flushed to disk, the manifest
+written last, then renamed into place: a directory named `step-*` with a manifest that
+verifies is complete. Files are written whole (no appends or random writes), which a bucket
+mounted by SkyPilot (MOUNT_CACHED) needs. Such a bucket uploads asynchronously, so after a
+hard preemption the newest checkpoint may be partial: `latest_valid` verifies each one,
+newest first, reports what it skips and falls back to the one before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MANIFEST = "manifest.json"
+STATE = "state.json"
+COMPLETE = "COMPLETE"
+SEGMENTS = "segments.json"
+
+
+class IncompatibleCheckpoint(ValueError):
+    """The checkpoint was made with params that change the result; resuming would mix runs."""
+
+
+# Params whose change makes a checkpoint meaningless to continue from. Paths, logging,
+# micro-batch (the global batch is what counts) and the checkpoint cadence may change.
+COMPATIBILITY_KEYS = (
+    "model.base", "model.method", "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules",
+    "data.path", "data.format", "data.train_on", "data.max_length", "data.val_fraction", "data.seed",
+    "train.max_steps", "train.global_batch", "train.learning_rate", "train.lr_schedule", "train.warmup_steps",
+    "train.weight_decay", "train.max_grad_norm", "train.optimizer", "train.seed",
+)
+
+
+def compatibility(params, data_fingerprint: str) -> dict:
+    flat = params.flat()
+    return {**{key: flat[key] for key in COMPATIBILITY_KEYS}, "prepared_data": data_fingerprint}
+
+
+def run_key(compat: dict) -> str:
+    """Folder name for one configuration: same params -> same folder -> resumable."""
+    return hashlib.sha256(json.dumps(compat, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def rng_state() -> dict:
+    """Every random stream the run draws from, as tensors and plain values (so that
+    `torch.load(weights_only=True)` can read it back: no pickled code)."""
+    version, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": position, "has_gauss": has_gauss, "gauss": gauss},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"], numpy["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+    """Write checkpoint `step` atomically into run_dir; keep the newest `keep` ones."""
+    from safetensors.torch import save_file
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / step_dir_name(step)
+    tmp = run_dir / f".tmp-{step_dir_name(step)}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        trainable = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+        save_file(trainable, tmp / "adapter.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2, default=str))
+        files = sorted(p for p in tmp.iterdir())
+        for path in files:
+            _fsync(path)
+        manifest = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _fsync(tmp / MANIFEST)
+        if final.exists():  # a re-done step after a crash: replace the old copy
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    prune(run_dir, keep)
+    return final
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints, and leftovers of interrupted writes."""
+    for leftover in run_dir.glob(".tmp-step-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for old in sorted(run_dir.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, value) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def verify(checkpoint: Path) -> str | None:
+    """None if every file in the manifest is there with its size and checksum, else why not."""
+    manifest_path = checkpoint / MANIFEST
+    if not manifest_path.is_file():
+        return "no manifest (the write was interrupted)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        return "unreadable manifest"
+    for name, expected in manifest.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} has {path.stat().st_size} bytes, expected {expected['size']}"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def latest_valid(run_dir: Path, log=print) -> Path | None:
+    """The newest checkpoint that verifies; partial or corrupted ones are reported and skipped."""
+    for checkpoint in sorted(run_dir.glob("step-*"), reverse=True):
+        problem = verify(checkpoint)
+        if problem is None:
+            return checkpoint
+        log(f"skipping checkpoint {checkpoint}: {problem}")
+    return None
+
+
+def resume_point(run_dir: Path, resume: str, log=print) -> Path | None:
+    """Which checkpoint to continue from: `auto` (newest valid), `never`, or a path."""
+    if resume not in ("auto", "never"):
+        checkpoint = Path(resume)
+        problem = verify(checkpoint) if checkpoint.is_dir() else "not a checkpoint directory"
+        if problem:
+            raise IncompatibleCheckpoint(f"--resume {checkpoint}: {problem}")
+        return checkpoint
+    if resume == "never" or (run_dir / COMPLETE).exists():
+        # A fresh run of this configuration: old checkpoints must not be picked up later.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return None
+    return latest_valid(run_dir, log) if run_dir.is_dir() else None
+
+
+@dataclass
+class Restored:
+    step: int
+    state: dict
+    path: Path
+
+
+def load(checkpoint: Path, model, optimizer, scheduler, compat: dict) -> Restored:
+    """Restore weights, optimizer, schedule and RNG from a verified checkpoint."""
+    from safetensors.torch import load_file
+
+    state = json.loads((checkpoint / STATE).read_text())
+    changed = {k: (state["compatibility"].get(k), v) for k, v in compat.items() if state["compatibility"].get(k) != v}
+    if changed:
+        detail = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise IncompatibleCheckpoint(
+            f"{checkpoint} was made with other params ({detail}); use --resume never or another checkpoint.dir"
+        )
+    weights = load_file(checkpoint / "adapter.safetensors")
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if weights.keys() != trainable.keys():
+        raise IncompatibleCheckpoint(f"{checkpoint}: its adapter weights do not match this model's")
+    with torch.no_grad():
+        for name, p in trainable.items():
+            p.copy_(weights[name].to(p.device, p.dtype))
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True))
+    return Restored(step=state["step"], state=state, path=checkpoint)
