@@ -24,6 +24,7 @@ def trained(tmp_path_factory, tiny_model_dir, sample_data):
         f"data.path={sample_data}",
         f"data.prepared_dir={tmp / 'prepared'}",
         f"train.output_dir={tmp / 'outputs'}",
+        f"checkpoint.dir={tmp / 'checkpoints'}",
         f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
         "cost.hourly_usd=2.5",
     ])

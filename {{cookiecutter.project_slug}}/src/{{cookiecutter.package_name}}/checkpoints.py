@@ -192,6 +192,13 @@ def resume_point(run_dir: Path, resume: str, log=print) -> Path | None:
         return checkpoint
     if resume == "never" or (run_dir / COMPLETE).exists():
         # A fresh run of this configuration: old checkpoints must not be picked up later.
+        # MLflow updates the previous run could not send yet are kept aside, not lost.
+        spool = run_dir / "mlflow-spool"
+        if any(spool.glob("[0-9]*.json")):
+            kept = run_dir.parent / f"unsent-{run_dir.name}-{uuid.uuid4().hex[:6]}"
+            kept.mkdir(parents=True)
+            spool.rename(kept / "mlflow-spool")
+            log(f"MLflow updates of an earlier run were never sent; kept in {kept} (send them with `tracking-sync`)")
         shutil.rmtree(run_dir, ignore_errors=True)
         return None
     return latest_valid(run_dir, log) if run_dir.is_dir() else None

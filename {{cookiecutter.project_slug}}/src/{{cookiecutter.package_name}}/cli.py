@@ -108,6 +108,15 @@ def cmd_smoke(params: Params, resume: str = "never") -> None:
         print(f"  open it:  mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
 
 
+def cmd_tracking_sync(params: Params) -> None:
+    from .tracking import sync_spools, tracking_uri
+
+    sent, pending = sync_spools(Path(params.checkpoint.dir), tracking_uri(params))
+    print(f"MLflow: {sent} spool(s) sent, {pending} still pending")
+    if pending:
+        raise SystemExit(1)
+
+
 def cmd_tiny_model(args) -> None:
     from .tiny import build_tiny_model
 
@@ -121,6 +130,7 @@ COMMANDS = {
     "evaluate": (cmd_evaluate, "validation loss and perplexity -> metrics.json (DVC stage 'evaluate')"),
     "merge": (cmd_merge, "merge the adapter into the base model (16-bit) -> a standard model directory"),
     "smoke": (cmd_smoke, "prepare + train + evaluate on the tiny model, on CPU, in about a minute"),
+    "tracking-sync": (cmd_tracking_sync, "send MLflow updates kept on disk while the server was unreachable"),
 }
 
 

@@ -64,11 +64,14 @@ def evaluate(params, log=print) -> dict:
     generations_path = out_dir / "generations.jsonl"
     write_text_atomic(generations_path, "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations))
 
+    table = {key: [g.get(key, "") for g in generations] for key in ("reference", "generated")}
+    table["prompt"] = [json.dumps(g.get("messages", g.get("prompt")), ensure_ascii=False) for g in generations]
     run_id = log_to_training_run(
         params,
         {"eval_loss": metrics["eval_loss"], "perplexity": metrics["perplexity"]},
         [metrics_path, generations_path],
         step=params.train.max_steps,
+        tables={"generations.json": table},
     )
     log(f"eval_loss {metrics['eval_loss']:.4f}, perplexity {metrics['perplexity']:.2f} on {tokens} tokens -> {metrics_path}")
     log(f"{len(generations)} held-out answers -> {generations_path}")

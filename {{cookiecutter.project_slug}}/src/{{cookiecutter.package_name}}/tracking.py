@@ -1,14 +1,32 @@
-"""MLflow: one run per training job, with params, tags, metrics and artifacts."""
+"""MLflow tracking that never stops training: one run per job, spooled to disk first.
+
+Every call (create run, params, tags, metrics, dataset, artifacts, status) is written as a
+numbered file in a spool folder, then sent in order by a background thread. If the server
+is down, training goes on; the files wait and are replayed, in order and once each, when it
+answers again, at the end of the run, or by the next process that opens the same spool
+(the spool lives beside the checkpoints, so it survives a preemption too).
+
+The run id lives in the checkpoint, so a resumed job continues the same run; the steps it
+redoes after its last checkpoint are not logged twice.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import threading
 import time
+import uuid
 from pathlib import Path
 
-RUN_FILE = "mlflow_run.json"  # in train.output_dir: lets `evaluate` log into the training run
+RUN_FILE = "mlflow_run.json"  # in train.output_dir: where `evaluate` finds the training run
+
+# Fail fast instead of MLflow's default minutes of retries: the spool retries for us.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def tracking_uri(params) -> str:
@@ -35,90 +53,278 @@ def dvc_data_hash(data_path: str | Path) -> str:
     return str(outs[0].get("md5", ""))
 
 
-def run_tags(params) -> dict[str, str]:
+def pull_request_number(environ=os.environ) -> str:
+    """PR number from our workflows (PR_NUMBER) or GitHub's ref (refs/pull/<n>/merge)."""
+    if environ.get("PR_NUMBER"):
+        return environ["PR_NUMBER"]
+    parts = environ.get("GITHUB_REF", "").split("/")
+    return parts[2] if len(parts) > 2 and parts[1] == "pull" else ""
+
+
+def run_tags(params, environ=os.environ) -> dict[str, str]:
+    """Where and from what a run came: code, data, machine."""
+    cluster = json.loads(environ.get("SKYPILOT_CLUSTER_INFO") or "{}")
     tags = {
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
+        "git_commit": environ.get("GITHUB_SHA") or _git("rev-parse", "HEAD"),
+        "git_branch": environ.get("GITHUB_HEAD_REF") or _git("rev-parse", "--abbrev-ref", "HEAD"),
         "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        "pr": pull_request_number(environ),
         "dvc_data_hash": dvc_data_hash(params.data.path),
         "base_model": params.model.base,
         "method": params.model.method,
+        "cloud": str(cluster.get("cloud", "")),
+        "region": str(cluster.get("region", "")),
+        "zone": str(cluster.get("zone", "")),
+        "spot": environ.get("USE_SPOT", ""),
+        "skypilot_task_id": environ.get("SKYPILOT_TASK_ID", ""),
     }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            tags["gpu"] = torch.cuda.get_device_name(0)
+            tags["gpu_count"] = str(int(environ.get("WORLD_SIZE", "1")))
+    except ImportError:
+        pass
     return {key: value for key, value in tags.items() if value}
 
 
-def _client(uri: str):
-    # An explicit client, not mlflow's fluent API: that one keeps a process-wide "current"
-    # URI and run (and exports MLFLOW_TRACKING_URI), so a second run in the same process,
-    # as in tests or a notebook, would silently log into the first one's store.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow import MlflowClient
-
-    return MlflowClient(uri)
+def run_name(tags: dict[str, str]) -> str:
+    """`pr-12@1a2b3c4`, `main@1a2b3c4`: recognisable in the MLflow UI."""
+    where = f"pr-{tags['pr']}" if tags.get("pr") else tags.get("git_branch", "local")
+    return f"{where}@{tags.get('git_commit', 'nogit')[:7]}"
 
 
-def experiment_id(client, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+# ------------------------------------------------------------------------ the spool
+
+
+class Spool:
+    """Numbered operation files, sent to MLflow in order; a file is deleted once sent."""
+
+    def __init__(self, directory: Path, uri: str):
+        from mlflow import MlflowClient
+
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(uri)
+        self.uri = uri
+        self.lock = threading.Lock()
+        self.state_file = self.dir / "run.json"
+        self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+        existing = [int(p.stem) for p in self.dir.glob("[0-9]*.json") if p.stem.isdigit()]
+        self.next_seq = max(existing, default=0) + 1
+        self.last_error = ""
+
+    # -- writing (training thread)
+    def put(self, op: dict) -> None:
+        with self.lock:
+            path = self.dir / f"{self.next_seq:012d}.json"
+            tmp = self.dir / f".{path.name}.tmp"
+            tmp.write_text(json.dumps(op, default=str))
+            os.replace(tmp, path)
+            self.next_seq += 1
+
+    def put_artifact(self, source: Path) -> None:
+        """Copy the file now (it may change or vanish before it is sent)."""
+        copy = self.dir / "artifacts" / uuid.uuid4().hex[:12] / source.name
+        copy.parent.mkdir(parents=True)
+        shutil.copy2(source, copy)
+        self.put({"kind": "artifact", "path": str(copy)})
+
+    def save_state(self, **values) -> None:
+        self.state.update(values)
+        tmp = self.dir / ".run.json.tmp"
+        tmp.write_text(json.dumps(self.state))
+        os.replace(tmp, self.state_file)
+
+    @property
+    def pending(self) -> int:
+        return len(list(self.dir.glob("[0-9]*.json")))
+
+    # -- sending (background thread, or a final flush)
+    def flush(self) -> bool:
+        """Send pending operations in order; stop at the first failure. True if all sent."""
+        with self.lock:
+            for path in sorted(self.dir.glob("[0-9]*.json")):
+                op = json.loads(path.read_text())
+                try:
+                    self._send(op)
+                except Exception as err:  # unreachable, 5xx, timeouts: keep the file, retry later
+                    self.last_error = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+                    return False
+                path.unlink()
+                if op["kind"] == "artifact":
+                    shutil.rmtree(Path(op["path"]).parent, ignore_errors=True)
+            return True
+
+    def _send(self, op: dict) -> None:
+        from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+        from mlflow.entities import Dataset as MlflowDataset
+
+        kind, client = op["kind"], self.client
+        if kind == "create_run":
+            experiment = client.get_experiment_by_name(op["experiment"])
+            experiment_id = experiment.experiment_id if experiment else client.create_experiment(op["experiment"])
+            run = client.create_run(experiment_id, run_name=op["run_name"], tags=op["tags"])
+            self.save_state(run_id=run.info.run_id, experiment_id=experiment_id)
+            return
+        run_id = self.state["run_id"]
+        if kind == "params":
+            client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in op["values"].items()])
+        elif kind == "tags":
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in op["values"].items()])
+        elif kind == "metrics":
+            metrics = [Metric(k, float(v), op["timestamp"], op["step"]) for k, v in op["values"].items()]
+            client.log_batch(run_id, metrics=metrics)
+        elif kind == "dataset":
+            dataset = MlflowDataset(name=op["name"], digest=op["digest"], source_type="dvc", source=op["source"])
+            client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
+        elif kind == "artifact":
+            client.log_artifact(run_id, op["path"])
+        elif kind == "table":
+            client.log_table(run_id, data=op["data"], artifact_file=op["artifact_file"])
+        elif kind == "status":
+            if op["status"] == "RUNNING":
+                client.update_run(run_id, status="RUNNING")
+            else:
+                client.set_terminated(run_id, op["status"])
+        else:
+            raise ValueError(f"unknown spool operation {kind!r}")
 
 
 class Tracker:
-    """One MLflow run: `tracker.log(step, loss=...)` from the training loop."""
+    """One MLflow run per training job: `tracker.log(step, loss=...)` never blocks on MLflow."""
 
-    def __init__(self, params, run_name: str | None = None, extra_tags: dict | None = None, resume_run_id: str | None = None):
+    def __init__(self, params, spool_dir: Path, resume_run_id: str | None = None, extra_tags: dict | None = None,
+                 retry_seconds: float = 15.0):
         self.uri = tracking_uri(params)
-        self.client = _client(self.uri)
-        self.last_logged_step = 0
-        if resume_run_id:
+        self.spool = Spool(spool_dir, self.uri)
+        self.retry_seconds = retry_seconds
+        self.last_logged_step = int(self.spool.state.get("last_logged_step", 0))
+        if resume_run_id and not self.spool.state.get("run_id"):
+            self.spool.save_state(run_id=resume_run_id)
+        if self.spool.state.get("run_id") or self.spool.state.get("create_spooled"):
             # A resumed job continues its own run: same id, metrics go on from where they stopped.
-            run = self.client.get_run(resume_run_id)
-            self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
-            self.client.update_run(self.run_id, status="RUNNING")
-            history = self.client.get_metric_history(self.run_id, "loss")
-            self.last_logged_step = max((m.step for m in history), default=0)
-            for key, value in (extra_tags or {}).items():
-                self.client.set_tag(self.run_id, key, value)
-            return
-        self.experiment_id = experiment_id(self.client, params.tracking.experiment)
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**run_tags(params), **(extra_tags or {})})
-        self.run_id = run.info.run_id
-        self.log_params(params.flat())
+            self.spool.put({"kind": "status", "status": "RUNNING"})
+            if extra_tags:
+                self.spool.put({"kind": "tags", "values": extra_tags})
+            self.resumed = True
+        else:
+            tags = {**run_tags(params), **(extra_tags or {})}
+            self.spool.put({"kind": "create_run", "experiment": params.tracking.experiment, "run_name": run_name(tags), "tags": tags})
+            self.spool.save_state(create_spooled=True)
+            self.spool.put({"kind": "params", "values": params.flat()})
+            digest = dvc_data_hash(params.data.path)
+            if digest:
+                self.spool.put({"kind": "dataset", "name": Path(params.data.path).name, "digest": digest[:36],
+                                "source": json.dumps({"path": str(params.data.path), "dvc_md5": digest})})
+            self.resumed = False
+        self.spool.flush()  # usually creates the run right away
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._send_in_background, name="mlflow-spool", daemon=True)
+        self._thread.start()
+
+    @property
+    def run_id(self) -> str | None:
+        return self.spool.state.get("run_id")
+
+    def _send_in_background(self) -> None:
+        while not self._stop.is_set():
+            if not self.spool.flush():
+                self._wake.wait(self.retry_seconds)  # the server is down: try again later
+            else:
+                self._wake.wait()
+            self._wake.clear()
 
     def log_params(self, values: dict) -> None:
-        from mlflow.entities import Param
-
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in values.items()])
+        self.spool.put({"kind": "params", "values": values})
+        self._wake.set()
 
     def log(self, step: int, **metrics: float) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self.spool.put({"kind": "metrics", "step": step, "timestamp": int(time.time() * 1000),
+                        "values": {k: float(v) for k, v in metrics.items()}})
+        if step > self.last_logged_step:
+            self.last_logged_step = step
+            self.spool.save_state(last_logged_step=step)
+        self._wake.set()
 
     def log_artifact(self, path: str | Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
+        self.spool.put_artifact(Path(path))
+        self._wake.set()
 
-    def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+    def start_system_metrics(self) -> None:
+        """CPU, memory and (with nvidia-ml-py) GPU utilisation, sampled by MLflow itself.
+
+        Best effort: these go straight to the server, not through the spool."""
+        if not self.run_id:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._system = SystemMetricsMonitor(self.run_id, sampling_interval=10, tracking_uri=self.uri, resume_logging=self.resumed)
+            self._system.start()
+        except Exception as err:  # psutil missing, server down: training does not depend on it
+            print(f"system metrics off ({type(err).__name__}: {err})")
+
+    def finish(self, status: str = "FINISHED", wait_seconds: float = 60.0) -> bool:
+        """Mark the run ended and send what is pending, waiting up to `wait_seconds`.
+
+        False when MLflow is still unreachable: the spool stays on disk and is replayed by
+        the next process that opens it (a resumed job, `evaluate`, or `tracking-sync`).
+        """
+        if getattr(self, "_system", None):
+            self._system.finish()
+        self.spool.put({"kind": "status", "status": status})
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+        deadline = time.monotonic() + wait_seconds
+        while not self.spool.flush():
+            if time.monotonic() > deadline:
+                print(f"MLflow unreachable ({self.spool.last_error}); {self.spool.pending} updates kept in {self.spool.dir}")
+                return False
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        return True
 
     def save_run_file(self, output_dir: str | Path) -> None:
         path = Path(output_dir) / RUN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        info = {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.uri}
+        info = {"run_id": self.run_id, "tracking_uri": self.uri, "spool": str(self.spool.dir.resolve())}
         path.write_text(json.dumps(info, indent=2) + "\n")
 
 
-def log_to_training_run(params, metrics: dict[str, float], artifacts: list[Path], step: int | None = None) -> str | None:
-    """Add evaluation results to the run that trained the adapter; returns its id."""
+def log_to_training_run(
+    params, metrics: dict[str, float], artifacts: list[Path], step: int | None = None, tables: dict[str, dict] | None = None
+) -> str | None:
+    """Add evaluation results to the run that trained the adapter, through its spool."""
     path = Path(params.train.output_dir) / RUN_FILE
     if not path.is_file():
         return None
-    from mlflow.entities import Metric
-
     info = json.loads(path.read_text())
-    client = _client(os.environ.get("MLFLOW_TRACKING_URI") or info["tracking_uri"])
-    now = int(time.time() * 1000)
-    client.log_batch(info["run_id"], metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+    spool = Spool(Path(info["spool"]), os.environ.get("MLFLOW_TRACKING_URI") or info["tracking_uri"])
+    spool.put({"kind": "metrics", "step": step or 0, "timestamp": int(time.time() * 1000), "values": metrics})
     for artifact in artifacts:
-        client.log_artifact(info["run_id"], str(artifact))
-    return info["run_id"]
+        spool.put_artifact(Path(artifact))
+    for artifact_file, data in (tables or {}).items():
+        spool.put({"kind": "table", "artifact_file": artifact_file, "data": data})
+    if not spool.flush():
+        print(f"MLflow unreachable ({spool.last_error}); evaluation results kept in {spool.dir}")
+    return spool.state.get("run_id")
+
+
+def sync_spools(checkpoint_dir: Path, uri: str | None = None) -> tuple[int, int]:
+    """Send every spool left under checkpoint.dir (MLflow was down when its run ended).
+
+    Returns (spools fully sent, spools still pending)."""
+    sent = pending = 0
+    for directory in sorted(Path(checkpoint_dir).glob("**/mlflow-spool")):
+        spool = Spool(directory, uri or os.environ.get("MLFLOW_TRACKING_URI") or "")
+        if spool.flush():
+            sent += 1
+            if directory.parent.name.startswith("unsent-"):
+                shutil.rmtree(directory.parent)
+        else:
+            pending += 1
+            print(f"{directory}: {spool.pending} updates still pending ({spool.last_error})")
+    return sent, pending

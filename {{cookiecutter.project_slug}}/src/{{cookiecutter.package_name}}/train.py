@@ -218,8 +218,10 @@ def train(params, resume: str = "auto", log=print) -> Path:
     tracker = None
     if is_main:
         resume_run_id = restored.state.get("mlflow_run_id") if restored else None
-        tracker = Tracker(params, extra_tags={"recoveries": str(recoveries)}, resume_run_id=resume_run_id)
+        tracker = Tracker(params, run_dir / "mlflow-spool", resume_run_id=resume_run_id, extra_tags={"recoveries": str(recoveries)})
         tracker.save_run_file(cfg.output_dir)
+        if params.tracking.system_metrics:
+            tracker.start_system_metrics()
     if tracker and not restored:
         tracker.log_params({
             "trainable_parameters": trainable, "total_parameters": total, "processes": world,
@@ -344,19 +346,24 @@ def train(params, resume: str = "auto", log=print) -> Path:
         if tracker and status != "FINISHED":
             if run_dir.is_dir():  # the time spent is paid for even if no checkpoint came of it
                 checkpoints.write_json_atomic(segments_file, meter.segments())
-            tracker.finish(status)
+            tracker.finish(status, wait_seconds=params.tracking.flush_timeout_s)
 
     # ------------------------------------------------------------------ save
     adapter_dir = Path(cfg.output_dir) / "adapter"
     if is_main:
         save_adapter(accelerator.unwrap_model(model), tokenizer, adapter_dir)
         write_loss_csv(loss_log, Path(cfg.output_dir) / "train_loss.csv")
+        tracker.log_artifact(plot_loss(loss_log, Path(cfg.output_dir) / "loss.png", title=params.model.base))
+        adapter_mb = sum(f.stat().st_size for f in adapter_dir.iterdir()) / 2**20
+        if params.tracking.log_adapter and adapter_mb <= params.tracking.adapter_max_mb:
+            for file in sorted(adapter_dir.iterdir()):
+                tracker.log_artifact(file)
         final = {"train_runtime_s": meter.hours * 3600, "tokens_seen": tokens_seen}
         if loss_log:
             final["final_loss"] = loss_log[-1][1]
         tracker.log(cfg.max_steps, **final)
-        tracker.finish()
-        (run_dir / checkpoints.COMPLETE).write_text(tracker.run_id + "\n")
+        tracker.finish(wait_seconds=params.tracking.flush_timeout_s)
+        (run_dir / checkpoints.COMPLETE).write_text(f"{tracker.run_id}\n")
         log(f"adapter saved to {adapter_dir} (MLflow run {tracker.run_id})")
     accelerator.wait_for_everyone()
     return adapter_dir
@@ -367,6 +374,23 @@ def save_adapter(model, tokenizer, adapter_dir: Path) -> None:
     with atomic_dir(adapter_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+
+
+def plot_loss(loss_log: list[tuple[int, float]], path: Path, title: str) -> Path:
+    """The loss curve as a PNG, for MLflow and for people without a DVC plots renderer."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
+    axes.plot([s for s, _ in loss_log], [v for _, v in loss_log], marker=".")
+    axes.set(xlabel="step", ylabel="training loss", title=title)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
 
 
 def write_loss_csv(loss_log: list[tuple[int, float]], path: Path) -> None:
