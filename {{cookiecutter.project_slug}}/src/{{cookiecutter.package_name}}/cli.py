@@ -1,4 +1,4 @@
-"""Command line: `{{ cookiecutter.package_name }} prepare | train | evaluate | merge | smoke | tiny-model`.
+"""Command line: `{{ cookiecutter.package_name }} prepare | train | evaluate | merge | report | smoke | ...`.
 
 Exit codes (documented in the README; SkyPilot recovery and retry loops act on them):
   0   success
@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "merge":
             sub.add_argument("--out", help="output directory (default: <train.output_dir>/merged)")
             sub.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    from . import report
+
+    report.register(commands)
     tiny = commands.add_parser("tiny-model", help="build the tiny random test model")
     tiny.add_argument("--out", default=str(TINY_MODEL_DIR))
     tiny.add_argument("--data", default="data/raw/support.jsonl", help="JSONL to train the tokenizer on")
@@ -166,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tiny-model":
             cmd_tiny_model(args)
             return EXIT_OK
+        if args.command == "report":
+            from . import report
+
+            return report.run(args)
         if args.command == "smoke":
             args.smoke = True
         params = resolve_params(args)
