@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from .checkpoints import IncompatibleCheckpoint
 from .config import ConfigError, Params, load_params
 from .data import DataError
-from .checkpoints import IncompatibleCheckpoint
 from .modeling import ModelNotFound
 from .train import BudgetExceeded, Interrupted
 
@@ -163,8 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_library_noise() -> None:
+    """Hide messages about library internals that a user cannot act on."""
+    import logging
+    import warnings
+
+    # PEFT still calls transformers' renamed `is_gradient_checkpointing` property.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+    # bitsandbytes tries to fetch optional CPU kernels from a hub at import time.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # MLflow's start/stop notices for system metrics and its local database set-up.
+    for name in ("mlflow.system_metrics", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_library_noise()
     try:
         if args.command == "tiny-model":
             cmd_tiny_model(args)
