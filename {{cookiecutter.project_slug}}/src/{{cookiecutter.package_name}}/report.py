@@ -129,7 +129,10 @@ def to_table(report: dict) -> str:
     for row in report["runs"]:
         rows.append([row["run_name"]] + [_cell(row, n, f) + (f" {row['delta'][n]}" if row["delta"].get(n) else "") for n, _, f, _ in COLUMNS])
     widths = [max(len(str(x)) for x in column) for column in zip(names, *rows)]
-    render = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+
+    def render(cells):
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+
     return "\n".join([render(names), render(["-" * w for w in widths]), *map(render, rows)]) + "\n"
 
 
@@ -137,7 +140,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of runs no other run beats on both cost and eval loss."""
     front = []
     for i, (cost, loss) in enumerate(points):
-        if not any((c <= cost and l <= loss) and (c < cost or l < loss) for c, l in points):
+        dominated = any(
+            other_cost <= cost and other_loss <= loss and (other_cost < cost or other_loss < loss)
+            for other_cost, other_loss in points
+        )
+        if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
 
