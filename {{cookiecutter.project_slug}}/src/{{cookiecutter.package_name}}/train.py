@@ -31,6 +31,7 @@ import os
 import signal
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -154,45 +155,149 @@ class SampleLog:
             self.file.flush()
 
 
-def train(params, resume: str = "auto", log=print) -> Path:
-    """Train an adapter; returns the directory it was saved to.
+@dataclass
+class Session:
+    """What one training process holds: built by `setup`, advanced by `train_step`."""
 
-    resume: "auto" (newest valid checkpoint of this configuration), "never", or a path.
+    params: object
+    accelerator: object
+    model: torch.nn.Module
+    base_config: object
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    rows: dict[str, torch.Tensor]
+    micro_batch: int
+    accumulation: int
+    checkpointing: bool
+    liger: bool
+    dtype: torch.dtype
+    token_flops: float
+    trainable: int
+    total: int
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows["input_ids"])
+
+    @property
+    def per_process(self) -> int:
+        return self.params.train.global_batch // self.world
+
+    @property
+    def trainable_params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | None = None) -> Session:
+    """Model + adapter, data, micro-batch, optimizer and schedule, ready for `train_step`.
+
+    `base`, `tokenizer`, `rows` and `mean_context` default to params.model.base and the
+    prepared data; the benchmark passes a randomly initialised model and synthetic rows.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     cfg = params.train
     device = modeling.resolve_device(params.compute.device)
     dtype = modeling.resolve_dtype(params.model.dtype, device)
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
-    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
-    if cfg.global_batch % world:
-        raise ValueError(f"train.global_batch={cfg.global_batch} is not a multiple of the {world} processes")
-    per_process = cfg.global_batch // world
+    if cfg.global_batch % accelerator.num_processes:
+        raise ValueError(f"train.global_batch={cfg.global_batch} is not a multiple of the {accelerator.num_processes} processes")
+    device = accelerator.device
 
-    # ------------------------------------------------------------------ setup
     set_seed(cfg.seed)
-    tokenizer = modeling.load_tokenizer(params.model.base)
-    base = modeling.load_base_model(params, device)
+    if tokenizer is None and base is None:
+        tokenizer = modeling.load_tokenizer(params.model.base)
+    if base is None:
+        base = modeling.load_base_model(params, device)
     liger = modeling.apply_liger_kernels(base, cfg.liger_kernels, device)
     n_matmul = perf.matmul_parameters(base)
     model = modeling.add_adapter(base, params)
     trainable, total = modeling.count_parameters(model)
-    rows = data.load_prepared(params.data.prepared_dir, "train")
-    summary = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())
-    n_rows = len(rows["input_ids"])
+    if rows is None:
+        rows = data.load_prepared(params.data.prepared_dir, "train")
+        summary = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())
+        mean_context = summary["train"]["mean_context"]
+    per_process = cfg.global_batch // accelerator.num_processes
     micro_batch, checkpointing = choose_micro_batch(model, rows, params, per_process, device)
-    accumulation = per_process // micro_batch
 
-    trainable_params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(cfg.optimizer, trainable_params, cfg.learning_rate, cfg.weight_decay, device)
+    optimizer = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.learning_rate, cfg.weight_decay, device)
     scheduler = learning_rate_schedule(optimizer, params)
     model, optimizer = accelerator.prepare(model, optimizer)
+    config = base.config
+    return Session(
+        params=params, accelerator=accelerator, model=model, base_config=config, tokenizer=tokenizer,
+        optimizer=optimizer, scheduler=scheduler, rows=rows, micro_batch=micro_batch,
+        accumulation=per_process // micro_batch, checkpointing=checkpointing, liger=liger, dtype=dtype,
+        token_flops=perf.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, mean_context or 0.0),
+        trainable=trainable, total=total,
+    )
+
+
+@dataclass
+class StepResult:
+    batch_rows: list[int]  # the global batch, every process
+    loss: torch.Tensor  # this process's share of the global mean loss (sum over processes = loss)
+    grad_norm: torch.Tensor
+    real_tokens: int  # non-padding tokens this process trained on
+
+
+def train_step(s: Session, step: int) -> StepResult:
+    """One optimizer step: the global batch -> this process's micro-batches -> update."""
+    cfg = s.params.train
+    batch_rows = rows_for_step(step, cfg.global_batch, s.n_rows, cfg.seed)
+    # Normalise by the trained tokens of the whole global batch, not per micro-batch.
+    trained_tokens = int((s.rows["labels"][batch_rows] != data.IGNORE).sum())
+    rank = s.accelerator.process_index
+    my_rows = batch_rows[rank * s.per_process : (rank + 1) * s.per_process]
+
+    s.model.train()
+    step_loss = torch.zeros((), device=s.device)
+    for i in range(s.accumulation):
+        micro = my_rows[i * s.micro_batch : (i + 1) * s.micro_batch]
+        batch = to_device(s.rows, micro, s.device)
+        # Gradients are all-reduced only on the last micro-batch of the step.
+        sync = nullcontext() if i == s.accumulation - 1 else s.accelerator.no_sync(s.model)
+        with sync:
+            # use_cache=False: with no KV cache, position ids give the block-diagonal mask.
+            out = s.model(**batch, use_cache=False, num_items_in_batch=trained_tokens)
+            # DDP averages gradients over processes; the loss is already a share of the
+            # global batch, so scale back to a plain sum.
+            s.accelerator.backward(out.loss * s.world)
+        step_loss += out.loss.detach()
+
+    grad_norm = s.accelerator.clip_grad_norm_(s.trainable_params, cfg.max_grad_norm)
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return StepResult(batch_rows, step_loss, grad_norm, int(s.rows["real_tokens"][my_rows].sum()))
+
+
+def train(params, resume: str = "auto", log=print) -> Path:
+    """Train an adapter; returns the directory it was saved to.
+
+    resume: "auto" (newest valid checkpoint of this configuration), "never", or a path.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = params.train
+    # ------------------------------------------------------------------ setup
+    s = setup(params)
+    accelerator, model, optimizer, scheduler = s.accelerator, s.model, s.optimizer, s.scheduler
+    world, device, n_rows = s.world, s.device, s.n_rows
 
     # --------------------------------------------------------------- resume
+    summary = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())
     fingerprint = hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
     compat = checkpoints.compatibility(params, fingerprint)
     run_dir = Path(params.checkpoint.dir) / checkpoints.run_key(compat)
@@ -210,8 +315,6 @@ def train(params, resume: str = "auto", log=print) -> Path:
     segments_file = run_dir / checkpoints.SEGMENTS
     previous_segments = json.loads(segments_file.read_text()) if restored and segments_file.is_file() else []
 
-    config = base.config
-    token_flops = perf.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, summary["train"]["mean_context"])
     peak = perf.peak_flops(device, params.compute.peak_tflops)
     is_main = accelerator.is_main_process
     meter = CostMeter(params.cost.hourly_usd, gpus=world if device.type == "cuda" else 0, previous=previous_segments)
@@ -224,15 +327,15 @@ def train(params, resume: str = "auto", log=print) -> Path:
             tracker.start_system_metrics()
     if tracker and not restored:
         tracker.log_params({
-            "trainable_parameters": trainable, "total_parameters": total, "processes": world,
-            "resolved.micro_batch": micro_batch, "resolved.accumulation": accumulation,
-            "resolved.gradient_checkpointing": checkpointing, "resolved.liger_kernels": liger,
-            "resolved.dtype": str(dtype).removeprefix("torch."), "flops_per_token": int(token_flops),
+            "trainable_parameters": s.trainable, "total_parameters": s.total, "processes": world,
+            "resolved.micro_batch": s.micro_batch, "resolved.accumulation": s.accumulation,
+            "resolved.gradient_checkpointing": s.checkpointing, "resolved.liger_kernels": s.liger,
+            "resolved.dtype": str(s.dtype).removeprefix("torch."), "flops_per_token": int(s.token_flops),
         })
     log(
-        f"training {trainable:,} of {total:,} parameters ({params.model.method}) on {world}x {device.type}; "
-        f"{n_rows} rows, global batch {cfg.global_batch} = {micro_batch} x {accumulation} accumulation x {world} processes"
-        f"{', gradient checkpointing' if checkpointing else ''}{', Liger kernels' if liger else ''}"
+        f"training {s.trainable:,} of {s.total:,} parameters ({params.model.method}) on {world}x {device.type}; "
+        f"{n_rows} rows, global batch {cfg.global_batch} = {s.micro_batch} x {s.accumulation} accumulation x {world} processes"
+        f"{', gradient checkpointing' if s.checkpointing else ''}{', Liger kernels' if s.liger else ''}"
     )
 
     def save_checkpoint(step: int) -> None:
@@ -263,36 +366,14 @@ def train(params, resume: str = "auto", log=print) -> Path:
     status = "FAILED"
     try:
         for step in range(start_step, cfg.max_steps):
-            batch_rows = rows_for_step(step, cfg.global_batch, n_rows, cfg.seed)
-            # Normalise by the trained tokens of the whole global batch, not per micro-batch.
-            trained_tokens = int((rows["labels"][batch_rows] != data.IGNORE).sum())
-            my_rows = batch_rows[rank * per_process : (rank + 1) * per_process]
-
-            model.train()
-            step_loss = torch.zeros((), device=device)
-            for i in range(accumulation):
-                micro = my_rows[i * micro_batch : (i + 1) * micro_batch]
-                batch = to_device(rows, micro, device)
-                # Gradients are all-reduced only on the last micro-batch of the step.
-                sync = nullcontext() if i == accumulation - 1 else accelerator.no_sync(model)
-                with sync:
-                    # use_cache=False: with no KV cache, position ids give the block-diagonal mask.
-                    out = model(**batch, use_cache=False, num_items_in_batch=trained_tokens)
-                    # DDP averages gradients over processes; the loss is already a share of
-                    # the global batch, so scale back to a plain sum.
-                    accelerator.backward(out.loss * world)
-                step_loss += out.loss.detach()
-                window_tokens += int(rows["real_tokens"][micro].sum())
-            tokens_seen += int(rows["real_tokens"][my_rows].sum()) * world
-
-            grad_norm = accelerator.clip_grad_norm_(trainable_params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            result = train_step(s, step)
+            step_loss, grad_norm = result.loss, result.grad_norm
+            window_tokens += result.real_tokens
+            tokens_seen += result.real_tokens * world
 
             done = step + 1
             if sample_log:
-                sample_log.record(step, batch_rows)
+                sample_log.record(step, result.batch_rows)
             if done % cfg.log_every_steps == 0 or done == cfg.max_steps:
                 loss = accelerator.reduce(step_loss, "sum").item()
                 tokens = accelerator.reduce(torch.tensor(window_tokens, device=device), "sum").item()
@@ -313,7 +394,7 @@ def train(params, resume: str = "auto", log=print) -> Path:
                         "gpu_hours": meter.gpu_hours,
                     }
                     if peak:
-                        metrics["mfu"] = tokens_per_second * token_flops / (peak * world)
+                        metrics["mfu"] = tokens_per_second * s.token_flops / (peak * world)
                     if device.type == "cuda":
                         metrics["gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                     tracker.log(done, **metrics)
@@ -351,7 +432,7 @@ def train(params, resume: str = "auto", log=print) -> Path:
     # ------------------------------------------------------------------ save
     adapter_dir = Path(cfg.output_dir) / "adapter"
     if is_main:
-        save_adapter(accelerator.unwrap_model(model), tokenizer, adapter_dir)
+        save_adapter(accelerator.unwrap_model(model), s.tokenizer, adapter_dir)
         write_loss_csv(loss_log, Path(cfg.output_dir) / "train_loss.csv")
         tracker.log_artifact(plot_loss(loss_log, Path(cfg.output_dir) / "loss.png", title=params.model.base))
         adapter_mb = sum(f.stat().st_size for f in adapter_dir.iterdir()) / 2**20
