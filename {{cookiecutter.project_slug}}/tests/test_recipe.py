@@ -120,3 +120,18 @@ def test_attention_falls_back_when_the_fastest_is_unavailable(make_params, monke
 def test_an_explicit_attention_choice_is_not_silently_replaced(make_params):
     with pytest.raises((ImportError, ValueError)):
         modeling.load_base_model(make_params("model.attn_implementation=flash_attention_2"), torch.device("cpu"))
+
+
+def test_bench_runs_the_trainer_on_a_model_shape_and_reports_a_record():
+    from conftest import run_cli
+
+    result = run_cli("bench", "--shape", "tiny", "--seq", "256", "--steps", "3", "--warmup", "1", "--global-batch", "8",
+                     "--price-usd-per-hour", "3.6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(result.stdout.split("RESULT ", 1)[1])
+    assert record["model"] == "tiny" and record["variant"] == "ours_lora" and record["gpu"] == "cpu"
+    assert record["tokens_per_s"] == pytest.approx(record["tokens"] / record["seconds"])
+    assert record["tokens"] > 3 * 8 * 256 * 0.5  # three steps of mostly-full packed rows
+    # $3.60 per hour = $0.001 per second: dollars per million tokens follow from tokens/s.
+    assert record["usd_per_million_tokens"] == pytest.approx(0.001 / record["tokens_per_s"] * 1e6)
+    assert record["mfu"] is None  # no known peak FLOP/s for a CPU

@@ -154,9 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "merge":
             sub.add_argument("--out", help="output directory (default: <train.output_dir>/merged)")
             sub.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    from . import report
+    from . import bench, report
 
     report.register(commands)
+    bench.register(commands)
     tiny = commands.add_parser("tiny-model", help="build the tiny random test model")
     tiny.add_argument("--out", default=str(TINY_MODEL_DIR))
     tiny.add_argument("--data", default="data/raw/support.jsonl", help="JSONL to train the tokenizer on")
@@ -184,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tiny-model":
             cmd_tiny_model(args)
             return EXIT_OK
-        if args.command == "report":
-            from . import report
+        if args.command in ("report", "bench"):
+            from . import bench, report
 
-            return report.run(args)
+            return {"report": report, "bench": bench}[args.command].run(args)
         if args.command == "smoke":
             args.smoke = True
         params = resolve_params(args)
