@@ -17,10 +17,13 @@ for ((attempt = 1; attempt <= attempts; attempt++)); do
   child=$!
   wait "$child"
   rc=$?
-  # A trapped signal interrupts `wait`: keep waiting while the trainer saves its checkpoint.
-  while kill -0 "$child" 2>/dev/null; do
+  # A trapped signal interrupts `wait` (status > 128): wait again for the trainer's own
+  # exit status, after its checkpoint. 127 means that status was already collected.
+  while [ "$stopping" -eq 1 ] && [ "$rc" -gt 128 ]; do
     wait "$child"
-    rc=$?
+    next=$?
+    [ "$next" -eq 127 ] && break
+    rc=$next
   done
   child=0
   if [ "$stopping" -eq 1 ] || { [ "$rc" -ne 75 ] && [ "$rc" -ne 137 ]; }; then

@@ -203,13 +203,14 @@ def test_resume_continues_the_same_mlflow_run_on_a_real_server(prepared, mlflow_
     params, tmp, _, _ = prepared
     ckpt = tmp / "ckpt-mlflow"
     env = {"MLFLOW_TRACKING_URI": mlflow_server.uri}
-    command = train_command(params, tmp / "mlflow-run", "--set", f"checkpoint.dir={ckpt}", "--set", "cost.hourly_usd=3.6")
+    command = train_command(params, tmp / "mlflow-run", "--set", f"checkpoint.dir={ckpt}")
     sample_log = tmp / "mlflow.samples"
-    process = start(command, sample_log, **env)
+    # The job restarts on another machine at another price: each segment at its own.
+    process = start([*command, "--set", "cost.hourly_usd=3.6"], sample_log, **env)
     assert wait_for(lambda: sample_log.exists() and len(sample_log.read_text().splitlines()) > 7 or process.poll() is not None)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 75
-    process = start(command, sample_log, **env)
+    process = start([*command, "--set", "cost.hourly_usd=7.2"], sample_log, **env)
     assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
 
     run_id = json.loads((tmp / "mlflow-run/mlflow_run.json").read_text())["run_id"]
@@ -222,5 +223,7 @@ def test_resume_continues_the_same_mlflow_run_on_a_real_server(prepared, mlflow_
     costs = [m.value for m in sorted(client.get_metric_history(run_id, "cost_usd"), key=lambda m: m.step)]
     assert costs == sorted(costs)  # the second segment adds to the first
     segments = json.loads((next(ckpt.iterdir()) / "segments.json").read_text())
-    assert len(segments) == 2 and all(s["hourly_usd"] == 3.6 for s in segments)
+    assert [s["hourly_usd"] for s in segments] == [3.6, 7.2]
+    assert run.data.tags["price_source"] == "params cost.hourly_usd"
+    assert run.data.metrics["price_per_hour"] == 7.2
     assert run.data.metrics["cost_usd"] == pytest.approx(sum(s["usd"] for s in segments), rel=0.05)

@@ -4,7 +4,8 @@ Exit codes (documented in the README; SkyPilot recovery and retry loops act on t
   0   success
   2   invalid input: bad params, bad data, a model that cannot be loaded, missing files,
       a checkpoint made with other params. Fix and rerun; retrying won't help.
-  3   budget exceeded: the run's cost crossed budget.max_run_usd; a checkpoint was saved.
+  3   budget exceeded: `plan` / `launch` estimate the run above budget.max_run_usd, or a
+      running job's cost crossed it (a checkpoint was saved).
   75  interrupted (SIGTERM / SIGINT, e.g. a spot notice) after a checkpoint was saved:
       rerun the same command to resume. SkyPilot's job recovery retries on this code.
 """
@@ -20,6 +21,7 @@ from .checkpoints import IncompatibleCheckpoint
 from .config import ConfigError, Params, load_params
 from .data import DataError
 from .modeling import ModelNotFound
+from .plan import BudgetExceeded as PlanOverBudget
 from .train import BudgetExceeded, Interrupted
 
 EXIT_OK = 0
@@ -154,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "merge":
             sub.add_argument("--out", help="output directory (default: <train.output_dir>/merged)")
             sub.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    from . import bench, report
+    from . import bench, plan, report
 
+    plan.register(commands)
     report.register(commands)
     bench.register(commands)
     tiny = commands.add_parser("tiny-model", help="build the tiny random test model")
@@ -185,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tiny-model":
             cmd_tiny_model(args)
             return EXIT_OK
-        if args.command in ("report", "bench"):
-            from . import bench, report
+        if args.command in ("plan", "report", "bench"):
+            from . import bench, plan, report
 
-            return {"report": report, "bench": bench}[args.command].run(args)
+            return {"plan": plan, "report": report, "bench": bench}[args.command].run(args)
         if args.command == "smoke":
             args.smoke = True
         params = resolve_params(args)
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BudgetExceeded as err:
+    except (BudgetExceeded, PlanOverBudget) as err:
         print(f"budget exceeded: {err}", file=sys.stderr)
         return EXIT_BUDGET
     return EXIT_OK

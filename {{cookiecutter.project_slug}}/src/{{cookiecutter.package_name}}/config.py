@@ -109,7 +109,8 @@ class BudgetParams(_Section):
 
 
 class CostParams(_Section):
-    hourly_usd: float | None = Field(None, ge=0)  # explicit price of the machine; None = unknown
+    hourly_usd: float | None = Field(None, ge=0)  # explicit price of the machine; None = look it up
+    electricity_usd_per_kwh: float | None = Field(None, ge=0)  # own GPU: price its measured power draw
 
 
 class Params(_Section):

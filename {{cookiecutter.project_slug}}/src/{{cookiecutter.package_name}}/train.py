@@ -139,6 +139,24 @@ def choose_micro_batch(model, rows, params, per_process: int, device: torch.devi
     raise RuntimeError("not even one row fits in GPU memory: lower data.max_length, or use model.method=qlora")
 
 
+def machine_price(params, device: torch.device, world: int) -> tuple[float, str]:
+    """USD per hour of the machine this run is on, and where that figure came from.
+
+    cost.hourly_usd, else SkyPilot's catalog / the bundled snapshot for the cloud, region and
+    GPU of a SkyPilot job, else, on your own GPU with cost.electricity_usd_per_kwh set, the
+    measured power draw (NVML) times the electricity price; else unknown (0).
+    """
+    from . import prices
+
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    hourly, source = prices.resolve_hourly_price(params, device_name=device_name)
+    kwh_price = params.cost.electricity_usd_per_kwh
+    if source == "unknown" and device.type == "cuda" and kwh_price is not None:
+        watts = prices.measured_gpu_watts() or 0.0
+        return prices.energy_cost_per_hour(watts * world, kwh_price), f"energy: {watts:.0f} W x {world} GPU(s) at ${kwh_price}/kWh"
+    return hourly, source
+
+
 class SampleLog:
     """Audit trail of the rows each step trained on (TRAIN_SAMPLE_LOG=path): proves that a
     resumed run neither skips nor repeats data. One line per step, appended."""
@@ -317,11 +335,13 @@ def train(params, resume: str = "auto", log=print) -> Path:
 
     peak = perf.peak_flops(device, params.compute.peak_tflops)
     is_main = accelerator.is_main_process
-    meter = CostMeter(params.cost.hourly_usd, gpus=world if device.type == "cuda" else 0, previous=previous_segments)
+    hourly_usd, price_source = machine_price(params, device, world)
+    meter = CostMeter(hourly_usd, gpus=world if device.type == "cuda" else 0, previous=previous_segments, source=price_source)
     tracker = None
     if is_main:
         resume_run_id = restored.state.get("mlflow_run_id") if restored else None
-        tracker = Tracker(params, run_dir / "mlflow-spool", resume_run_id=resume_run_id, extra_tags={"recoveries": str(recoveries)})
+        tags = {"recoveries": str(recoveries), "price_source": price_source}
+        tracker = Tracker(params, run_dir / "mlflow-spool", resume_run_id=resume_run_id, extra_tags=tags)
         tracker.save_run_file(cfg.output_dir)
         if params.tracking.system_metrics:
             tracker.start_system_metrics()
@@ -392,7 +412,10 @@ def train(params, resume: str = "auto", log=print) -> Path:
                         "tokens_per_second": tokens_per_second,
                         "cost_usd": meter.cost_usd,
                         "gpu_hours": meter.gpu_hours,
+                        "price_per_hour": meter.price_per_hour,
                     }
+                    if meter.cost_usd > 0:
+                        metrics["tokens_per_dollar"] = tokens_seen / meter.cost_usd
                     if peak:
                         metrics["mfu"] = tokens_per_second * s.token_flops / (peak * world)
                     if device.type == "cuda":
