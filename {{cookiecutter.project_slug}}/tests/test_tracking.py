@@ -37,3 +37,20 @@ def test_cost_meter_prices_wall_time():
     assert meter.cost_usd == 1.5
     assert meter.gpu_hours == 1.0
     assert CostMeter(hourly_usd=None, gpus=0, clock=lambda: now[0]).cost_usd == 0
+
+
+def test_tags_on_a_cloud_vm_come_from_the_environment(tmp_path, monkeypatch):
+    from {{ cookiecutter.package_name }}.tracking import run_name
+
+    monkeypatch.chdir(tmp_path)  # no .git here, as on a SkyPilot VM
+    environ = {
+        "GIT_COMMIT": "abcdef1234567", "GIT_BRANCH": "feature/x", "PR_NUMBER": "12", "USE_SPOT": "true",
+        "SKYPILOT_TASK_ID": "sky-managed-1", "SKYPILOT_CLUSTER_INFO": '{"cloud": "aws", "region": "us-east-1", "zone": "us-east-1a"}',
+    }
+    tags = run_tags(load_params(PARAMS), environ)
+    assert tags["git_commit"] == "abcdef1234567" and tags["git_branch"] == "feature/x" and tags["pr"] == "12"
+    assert (tags["cloud"], tags["region"], tags["zone"], tags["spot"]) == ("aws", "us-east-1", "us-east-1a", "true")
+    assert tags["skypilot_task_id"] == "sky-managed-1"
+    assert run_name(tags, {}) == "pr-12@abcdef1"
+    assert run_name(tags, {"RUN_NAME": "nightly"}) == "nightly"
+    assert run_tags(load_params(PARAMS), {"GITHUB_REF": "refs/pull/77/merge"})["pr"] == "77"

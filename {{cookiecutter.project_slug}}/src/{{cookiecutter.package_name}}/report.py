@@ -82,7 +82,7 @@ def delta(value, base) -> str:
     if value is None or base is None or not isinstance(value, (int, float)) or not isinstance(base, (int, float)):
         return ""
     diff = value - base
-    pct = f" ({diff / base:+.1%})" if base else ""
+    pct = f" ({format(diff / base, '+.1%')})" if base else ""
     return f"{diff:+.4g}{pct}"
 
 

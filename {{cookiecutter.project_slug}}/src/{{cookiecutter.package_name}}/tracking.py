@@ -65,8 +65,9 @@ def run_tags(params, environ=os.environ) -> dict[str, str]:
     """Where and from what a run came: code, data, machine."""
     cluster = json.loads(environ.get("SKYPILOT_CLUSTER_INFO") or "{}")
     tags = {
-        "git_commit": environ.get("GITHUB_SHA") or _git("rev-parse", "HEAD"),
-        "git_branch": environ.get("GITHUB_HEAD_REF") or _git("rev-parse", "--abbrev-ref", "HEAD"),
+        # On a cloud VM there is no .git: `launch` passes GIT_COMMIT / GIT_BRANCH along.
+        "git_commit": environ.get("GITHUB_SHA") or environ.get("GIT_COMMIT") or _git("rev-parse", "HEAD"),
+        "git_branch": environ.get("GITHUB_HEAD_REF") or environ.get("GIT_BRANCH") or _git("rev-parse", "--abbrev-ref", "HEAD"),
         "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
         "pr": pull_request_number(environ),
         "dvc_data_hash": dvc_data_hash(params.data.path),
@@ -89,8 +90,10 @@ def run_tags(params, environ=os.environ) -> dict[str, str]:
     return {key: value for key, value in tags.items() if value}
 
 
-def run_name(tags: dict[str, str]) -> str:
-    """`pr-12@1a2b3c4`, `main@1a2b3c4`: recognisable in the MLflow UI."""
+def run_name(tags: dict[str, str], environ=os.environ) -> str:
+    """RUN_NAME if given (`launch` sets it), else `pr-12@1a2b3c4` / `main@1a2b3c4`."""
+    if environ.get("RUN_NAME"):
+        return environ["RUN_NAME"]
     where = f"pr-{tags['pr']}" if tags.get("pr") else tags.get("git_branch", "local")
     return f"{where}@{tags.get('git_commit', 'nogit')[:7]}"
 
@@ -242,8 +245,8 @@ class Tracker:
         self._wake.set()
 
     def log(self, step: int, **metrics: float) -> None:
-        self.spool.put({"kind": "metrics", "step": step, "timestamp": int(time.time() * 1000),
-                        "values": {k: float(v) for k, v in metrics.items()}})
+        values = {k: float(v) for k, v in metrics.items()}
+        self.spool.put({"kind": "metrics", "step": step, "timestamp": int(time.time() * 1000), "values": values})
         if step > self.last_logged_step:
             self.last_logged_step = step
             self.spool.save_state(last_logged_step=step)
