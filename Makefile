@@ -10,11 +10,12 @@ DEMO_DIR ?= build/demo
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements-test.txt
+$(VENV)/.installed: requirements-test.txt .ci/node/package-lock.json
 	[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -r requirements-test.txt
+	npm ci --prefix .ci/node --no-audit --no-fund --silent
 	touch $@
 
 demo: install  ## bake the default project into build/demo and run its `make smoke`
