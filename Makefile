@@ -5,6 +5,9 @@ PY := $(CURDIR)/$(VENV)/bin/python
 # torch goes in first and pinned, so no resolver pulls a different (multi-GB) build later.
 TORCH ?= torch==2.13.0
 DEMO_DIR ?= build/demo
+# SkyPilot lives in its own venv: its `click` pin conflicts with DVC and huggingface-hub.
+SKY_VENV ?= .venv-sky
+SKY_VERSION ?= 0.14.1
 
 .PHONY: install demo test lint clean
 
@@ -23,8 +26,13 @@ demo: install  ## bake the default project into build/demo and run its `make smo
 	$(PY) -m cookiecutter --no-input --output-dir $(DEMO_DIR) .
 	cd $(DEMO_DIR)/support-assistant-fine-tune && $(PY) -m pip install --quiet --no-deps -e . && $(MAKE) smoke PYTHON=$(PY)
 
-test: install  ## the template's tests: bake matrix, hooks, the baked project's own suite
-	$(PY) -m pytest tests
+$(SKY_VENV)/.installed:
+	[ -x $(SKY_VENV)/bin/python ] || python3 -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/pip install --quiet "skypilot==$(SKY_VERSION)"
+	touch $@
+
+test: install $(SKY_VENV)/.installed  ## the template's tests: bake matrix, hooks, linters, the baked project's own suite
+	SKY_PYTHON=$(CURDIR)/$(SKY_VENV)/bin/python $(PY) -m pytest tests
 
 lint: install
 	$(PY) -m ruff check hooks tests

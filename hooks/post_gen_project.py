@@ -23,10 +23,25 @@ class StepFailed(Exception):
     pass
 
 
+# Only SkyPilot bakes launch cloud jobs: a self-hosted GPU runner trains with `make train`.
+SKYPILOT_ONLY = [
+    "sky",
+    "docs/launch.md",
+    "tests/test_sky.py",
+    "tests/test_launch.py",
+    "scripts/ci/launch_step.py",
+    "scripts/ci/cloud_credentials.py",
+]
+
+
 def prune():
     """Remove what the chosen options do not use."""
     if ANSWERS["gpu_runner"] == "self-hosted":
-        shutil.rmtree("sky", ignore_errors=True)
+        for path in map(Path, SKYPILOT_ONLY):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def save_answers():

@@ -119,7 +119,10 @@ def test_required_files(baked):
 
 def test_sky_folder_only_when_skypilot_is_used(baked):
     answers, project = baked
-    assert (project / "sky").is_dir() == (answers["gpu_runner"] != "self-hosted")
+    uses_sky = answers["gpu_runner"] != "self-hosted"
+    assert (project / "sky").is_dir() == uses_sky
+    for path in ("docs/launch.md", "tests/test_sky.py", "tests/test_launch.py", "scripts/ci/launch_step.py"):
+        assert (project / path).exists() == uses_sky, path
 
 
 def test_sky_task(baked):
@@ -131,12 +134,16 @@ def test_sky_task(baked):
     assert task["name"] == f"{slug_of(answers)}-train"
     assert task["resources"]["use_spot"] is True
     clouds = [c.strip() for c in expected(answers, "clouds").split(",")]
-    assert task["resources"]["any_of"] == [{"cloud": cloud} for cloud in clouds]
+    assert task["resources"]["any_of"] == [{"infra": cloud} for cloud in clouds]
+    assert 75 in task["resources"]["job_recovery"]["recover_on_exit_codes"]
     mount = task["file_mounts"]["/checkpoints"]
     assert mount["name"] == expected(answers, "checkpoint_bucket")
     assert mount["store"] == answers["checkpoint_store"]
-    assert task["envs"]["MLFLOW_TRACKING_URI"] == expected(answers, "mlflow_tracking_uri")
-    assert f"{package_of(answers)} train" in task["run"]
+    # A local SQLite URI means nothing on a cloud VM: the task then keeps the store in the bucket.
+    uri = expected(answers, "mlflow_tracking_uri")
+    assert task["envs"]["MLFLOW_TRACKING_URI"] == ("" if uri.startswith(("sqlite:", "file:")) else uri)
+    assert f"{package_of(answers)} prepare" in task["run"] and f"-m {package_of(answers)} " in task["run"]
+    assert '--set "checkpoint.dir=${OUT}"' in task["run"]
 
 
 LICENSE_MARKERS = {
@@ -527,3 +534,27 @@ def test_default_bake_is_fast(tmp_path):
     assert (project / ".dvc" / "config").is_file()
     assert git(project, "rev-list", "--count", "HEAD").strip() == "1"
     assert elapsed < 5, f"default bake took {elapsed:.1f} s"
+
+
+SKY_BAKES = [
+    {"gpu_runner": "skypilot", "clouds": "aws,gcp", "checkpoint_store": "s3"},
+    {"gpu_runner": "both", "clouds": "azure,lambda,runpod", "checkpoint_store": "azure"},
+    {"gpu_runner": "skypilot", "clouds": "gcp,kubernetes", "checkpoint_store": "gcs", "dvc_remote": "gs"},
+    {"gpu_runner": "both", "clouds": "vast,oci,nebius", "checkpoint_store": "r2"},
+]
+
+
+@pytest.mark.parametrize("answers", SKY_BAKES, ids=lambda a: f"{a['gpu_runner']}-{a['checkpoint_store']}")
+def test_sky_task_files_pass_our_validator_and_skypilots_parser(tmp_path, answers):
+    """Every task file of these bakes: our job_recovery validator, then `sky.Task.from_yaml`
+    in SkyPilot's own virtualenv (SKY_PYTHON, set by `make test`)."""
+    project = bake(tmp_path, project_name="Sky Bake", **answers)
+    tasks = sorted(str(p) for p in (project / "sky").glob("*.yaml"))
+    assert len(tasks) == 2
+    assert os.environ.get("SKY_PYTHON"), "SKY_PYTHON is not set: run the tests through `make test`"
+    result = subprocess.run(
+        [sys.executable, "-m", "sky_bake.skytask", *tasks], cwd=project, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(project / "src")},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok: 2 task file(s), also accepted by SkyPilot" in result.stdout

@@ -156,9 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "merge":
             sub.add_argument("--out", help="output directory (default: <train.output_dir>/merged)")
             sub.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    from . import bench, plan, report
+    from . import bench, launch, plan, report
 
     plan.register(commands)
+    launch.register(commands)
     report.register(commands)
     bench.register(commands)
     tiny = commands.add_parser("tiny-model", help="build the tiny random test model")
@@ -188,10 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tiny-model":
             cmd_tiny_model(args)
             return EXIT_OK
-        if args.command in ("plan", "report", "bench"):
-            from . import bench, plan, report
+        if args.command in ("plan", "launch", "report", "bench"):
+            from . import bench, launch, plan, report
 
-            return {"plan": plan, "report": report, "bench": bench}[args.command].run(args)
+            return {"plan": plan, "launch": launch, "report": report, "bench": bench}[args.command].run(args)
         if args.command == "smoke":
             args.smoke = True
         params = resolve_params(args)
