@@ -413,3 +413,14 @@ def test_owned_card_that_cannot_hold_the_run(make_params, catalog):
     params = real_model(make_params, "model.base=Qwen/Qwen2.5-7B-Instruct", "data.max_length=4096")
     with pytest.raises(ConfigError, match="--owned RTX4090: the run does not fit"):
         plan.compare_owned(plan.make_plan(params), "RTX4090")
+
+
+def test_estimate_for_the_gpu_a_run_got_matches_the_plan(make_params):
+    from {{ cookiecutter.package_name }}.plan import estimate_for_gpu, make_plan
+
+    params = make_params()
+    estimate = estimate_for_gpu(params, "L4", hourly_usd=0.5)
+    entry = next(g for g in make_plan(params)["gpus"] if g["gpu"] == "L4")
+    assert estimate["estimated_hours"] == entry["hours"] > 0
+    assert estimate["estimated_cost_usd"] == pytest.approx(entry["hours"] * 0.5)
+    assert estimate_for_gpu(params, "not-a-gpu", 1.0) is None

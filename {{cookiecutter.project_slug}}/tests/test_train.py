@@ -72,6 +72,9 @@ def test_mlflow_run_has_params_metrics_and_tags(trained):
     assert run.info.status == "FINISHED"
     assert run.data.params["train.max_steps"] == str(params.train.max_steps)
     assert run.data.params["model.base"] == params.model.base
+    summary = json.loads(open(f"{params.data.prepared_dir}/summary.json").read())["train"]
+    assert run.data.params["data.dropped_too_long"] == str(summary["dropped_too_long"])
+    assert run.data.params["data.packing_efficiency"] == str(summary["packing_efficiency"])
     for key in ("loss", "eval_loss", "perplexity", "tokens_per_second", "cost_usd", "gpu_hours", "learning_rate"):
         assert key in run.data.metrics, key
     assert run.data.metrics["eval_loss"] == pytest.approx(metrics["eval_loss"])

@@ -564,6 +564,17 @@ def make_plan(params: Params, environ=None) -> dict:
     }
 
 
+def estimate_for_gpu(params: Params, gpu_name: str, hourly_usd: float) -> dict | None:
+    """The plan's estimate for the GPU a run actually got, priced at what it actually pays:
+    logged at the start of training so that MLflow shows estimate against actual."""
+    gpu = GPUS.get(gpu_name)
+    if gpu is None:
+        return None
+    shape = load_model_shape(params.model.base)
+    entry = gpu_estimate(shape, base_setup(params), params, run_workload(shape, params, dataset_summary(params)), gpu)
+    return {"estimated_hours": entry["hours"], "estimated_cost_usd": entry["hours"] * hourly_usd, "estimated_fits": entry["fits"]}
+
+
 def rank_offers(offers: list[prices.Offer], gpus: dict[str, dict]) -> list[dict]:
     """Dollars per run of every (GPU, cloud, spot / on-demand) offer for a GPU that fits,
     the cheapest region of each, cheapest first."""

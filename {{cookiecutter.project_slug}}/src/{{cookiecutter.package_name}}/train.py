@@ -345,7 +345,20 @@ def train(params, resume: str = "auto", log=print) -> Path:
         tracker.save_run_file(cfg.output_dir)
         if params.tracking.system_metrics:
             tracker.start_system_metrics()
+    estimate = None
+    if tracker and device.type == "cuda":
+        from . import plan, prices
+
+        gpu_name = prices.gpu_from_device_name(torch.cuda.get_device_name(device))
+        estimate = plan.estimate_for_gpu(params, gpu_name, hourly_usd) if gpu_name else None
     if tracker and not restored:
+        data_stats = summary["train"]
+        tracker.log_params({
+            "data.train_rows": data_stats["rows"], "data.train_examples": data_stats["examples"],
+            "data.dropped_too_long": data_stats["dropped_too_long"], "data.dropped_no_labels": data_stats["dropped_no_labels"],
+            "data.packing_efficiency": data_stats["packing_efficiency"],
+            **(estimate or {}),
+        })
         tracker.log_params({
             "trainable_parameters": s.trainable, "total_parameters": s.total, "processes": world,
             "resolved.micro_batch": s.micro_batch, "resolved.accumulation": s.accumulation,
@@ -463,6 +476,8 @@ def train(params, resume: str = "auto", log=print) -> Path:
             for file in sorted(adapter_dir.iterdir()):
                 tracker.log_artifact(file)
         final = {"train_runtime_s": meter.hours * 3600, "tokens_seen": tokens_seen}
+        if estimate and estimate["estimated_hours"]:  # how good was the plan on this GPU?
+            final["actual_vs_estimated_time"] = sum(s["hours"] for s in meter.segments()) / estimate["estimated_hours"]
         if loss_log:
             final["final_loss"] = loss_log[-1][1]
         tracker.log(cfg.max_steps, **final)
