@@ -91,3 +91,8 @@ def test_dvc_repro_and_exp_run(tmp_path_factory, installed):
     again = run("dvc", "repro", cwd=project)
     assert "didn't change, skipping" in again.stdout
     assert "Running stage" not in again.stdout
+
+
+def test_make_lint_passes_on_the_baked_project(installed):
+    result = run("make", "lint", f"PYTHON={sys.executable}", cwd=installed)
+    assert "All checks passed!" in result.stdout

@@ -12,7 +12,7 @@ def tokenizer(tiny_model_dir):
 
 
 def trained_text(tokenizer, ids, labels):
-    return tokenizer.decode([i for i, label in zip(ids, labels) if label != data.IGNORE])
+    return tokenizer.decode([i for i, label in zip(ids, labels, strict=True) if label != data.IGNORE])
 
 
 CHAT = {

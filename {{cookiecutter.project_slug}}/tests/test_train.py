@@ -5,6 +5,7 @@ import math
 
 import mlflow
 import pytest
+
 from {{ cookiecutter.package_name }} import data, modeling
 from {{ cookiecutter.package_name }}.evaluate import evaluate
 from {{ cookiecutter.package_name }}.train import rows_for_step, train
@@ -14,8 +15,9 @@ from {{ cookiecutter.package_name }}.train import rows_for_step, train
 def trained(tmp_path_factory, tiny_model_dir, sample_data):
     """One short training run shared by the tests of this module."""
     tmp = tmp_path_factory.mktemp("run")
-    from {{ cookiecutter.package_name }}.config import load_params
     from {{ cookiecutter.package_name }}.cli import smoke_overrides
+    from {{ cookiecutter.package_name }}.config import load_params
+
     from conftest import PARAMS
 
     params = load_params(PARAMS, [

@@ -110,7 +110,7 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| baseline `{baseline['run_name']}` | " + " | ".join(_cell(baseline, n, f) for n, _, f, _ in COLUMNS) + " |")
     for row in report["runs"]:
         cells = []
-        for name, source, fmt, lower_better in COLUMNS:
+        for name, _source, fmt, lower_better in COLUMNS:
             cell = _cell(row, name, fmt)
             change = row["delta"].get(name)
             if change and lower_better is not None:
@@ -128,10 +128,10 @@ def to_table(report: dict) -> str:
         rows.append(["(baseline) " + report["baseline"]["run_name"]] + [_cell(report["baseline"], n, f) for n, _, f, _ in COLUMNS])
     for row in report["runs"]:
         rows.append([row["run_name"]] + [_cell(row, n, f) + (f" {row['delta'][n]}" if row["delta"].get(n) else "") for n, _, f, _ in COLUMNS])
-    widths = [max(len(str(x)) for x in column) for column in zip(names, *rows)]
+    widths = [max(len(str(x)) for x in column) for column in zip(names, *rows, strict=True)]
 
     def render(cells):
-        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
 
     return "\n".join([render(names), render(["-" * w for w in widths]), *map(render, rows)]) + "\n"
 
@@ -173,7 +173,7 @@ def write_plots(client, report: dict, out_dir: Path) -> list[Path]:
     points = [(r["cost_usd"], r["eval_loss"]) for r in scored]
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
     axes.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue")
-    for row, (x, y) in zip(scored, points):
+    for row, (x, y) in zip(scored, points, strict=True):
         axes.annotate(row["run_name"], (x, y), fontsize=7)
     front = pareto_front(points)
     axes.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", label="Pareto front")

@@ -161,8 +161,8 @@ class Spool:
             return True
 
     def _send(self, op: dict) -> None:
-        from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
         from mlflow.entities import Dataset as MlflowDataset
+        from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 
         kind, client = op["kind"], self.client
         if kind == "create_run":
