@@ -55,7 +55,8 @@ def test_two_runs_with_different_params_carry_every_field(prepared, mlflow_serve
     env = {"MLFLOW_TRACKING_URI": mlflow_server.uri, "PR_NUMBER": "42"}
     for name, rank in (("rank8", 8), ("rank4", 4)):
         for stage in ("train", "evaluate"):
-            result = cli(stage, *train_args(params, tmp, name, "--set", f"lora.r={rank}"), env=env)
+            extra = ["--set", f"lora.r={rank}", "--set", "tracking.system_metrics_interval_s=0.5"]
+            result = cli(stage, *train_args(params, tmp, name, *extra), env=env)
             assert result.returncode == 0, result.stderr[-3000:]
 
     client = mlflow.MlflowClient(mlflow_server.uri)
@@ -71,6 +72,7 @@ def test_two_runs_with_different_params_carry_every_field(prepared, mlflow_serve
         for key in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "cost_usd", "gpu_hours", "eval_loss", "perplexity"):
             assert key in run.data.metrics, key
         assert run.data.metrics["cost_usd"] > 0
+        assert "system/cpu_utilization_percentage" in run.data.metrics  # sampled by MLflow itself
         losses = client.get_metric_history(run.info.run_id, "loss")
         assert [m.step for m in losses] == list(range(1, STEPS + 1))
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

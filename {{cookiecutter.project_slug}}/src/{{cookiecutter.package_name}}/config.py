@@ -91,7 +91,8 @@ class CheckpointParams(_Section):
 class TrackingParams(_Section):
     uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI in the environment wins
     experiment: str = Field("default", min_length=1)
-    system_metrics: bool = True  # CPU / memory / GPU utilisation sampled every 10 s
+    system_metrics: bool = True  # CPU / memory / GPU utilisation...
+    system_metrics_interval_s: float = Field(10, gt=0)  # ...sampled this often
     log_adapter: bool = True  # the trained adapter as run artifacts...
     adapter_max_mb: float = Field(200, ge=0)  # ...when it is at most this big
     flush_timeout_s: float = Field(60, ge=0)  # at the end, how long to wait for an unreachable server

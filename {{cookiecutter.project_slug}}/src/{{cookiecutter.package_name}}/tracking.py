@@ -256,7 +256,7 @@ class Tracker:
         self.spool.put_artifact(Path(path))
         self._wake.set()
 
-    def start_system_metrics(self) -> None:
+    def start_system_metrics(self, interval_s: float = 10) -> None:
         """CPU, memory and (with nvidia-ml-py) GPU utilisation, sampled by MLflow itself.
 
         Best effort: these go straight to the server, not through the spool."""
@@ -265,7 +265,9 @@ class Tracker:
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-            self._system = SystemMetricsMonitor(self.run_id, sampling_interval=10, tracking_uri=self.uri, resume_logging=self.resumed)
+            self._system = SystemMetricsMonitor(
+                self.run_id, sampling_interval=interval_s, tracking_uri=self.uri, resume_logging=self.resumed
+            )
             self._system.start()
         except Exception as err:  # psutil missing, server down: training does not depend on it
             print(f"system metrics off ({type(err).__name__}: {err})")

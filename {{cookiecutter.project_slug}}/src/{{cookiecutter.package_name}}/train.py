@@ -344,7 +344,7 @@ def train(params, resume: str = "auto", log=print) -> Path:
         tracker = Tracker(params, run_dir / "mlflow-spool", resume_run_id=resume_run_id, extra_tags=tags)
         tracker.save_run_file(cfg.output_dir)
         if params.tracking.system_metrics:
-            tracker.start_system_metrics()
+            tracker.start_system_metrics(params.tracking.system_metrics_interval_s)
     estimate = None
     if tracker and device.type == "cuda":
         from . import plan, prices
