@@ -76,6 +76,17 @@ def run_cli(*args: str, cwd: Path = PROJECT, **env: str) -> subprocess.Completed
     )
 
 
+@pytest.fixture(scope="session")
+def sky_python() -> Path:
+    """The python of SkyPilot's own virtualenv (its pins clash with this project's)."""
+    from {{ cookiecutter.package_name }} import skytask
+
+    try:
+        return skytask.find_sky_python(PROJECT)
+    except skytask.SkyNotFound as err:
+        pytest.fail(f"{err}\nThese tests run real SkyPilot: `make setup-sky`, or export SKY_PYTHON.", pytrace=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

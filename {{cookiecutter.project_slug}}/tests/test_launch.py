@@ -48,14 +48,6 @@ def launch_process(*argv: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="session")
-def sky_python() -> Path:
-    try:
-        return skytask.find_sky_python(PROJECT)
-    except skytask.SkyNotFound as err:
-        pytest.fail(f"{err}\nThese tests run real SkyPilot: `make setup-sky`, or export SKY_PYTHON.", pytrace=False)
-
-
 @pytest.fixture
 def no_ci_env(monkeypatch):
     for key in ("PR_NUMBER", "GITHUB_REF", "GITHUB_HEAD_REF", "GITHUB_REF_NAME", "GITHUB_SHA", "HF_TOKEN"):

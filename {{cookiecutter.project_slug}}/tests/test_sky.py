@@ -31,14 +31,6 @@ TRAIN_TASK = PROJECT / "sky/train.yaml"
 
 
 @pytest.fixture(scope="session")
-def sky_python() -> Path:
-    try:
-        return skytask.find_sky_python(PROJECT)
-    except skytask.SkyNotFound as err:
-        pytest.fail(f"{err}\nThese tests run real SkyPilot: `make setup-sky`, or export SKY_PYTHON.", pytrace=False)
-
-
-@pytest.fixture(scope="session")
 def sky_home(tmp_path_factory) -> dict[str, str]:
     """A HOME / SKY_RUNTIME_DIR of its own: the user's ~/.sky is never read or written."""
     home = tmp_path_factory.mktemp("sky-home")
