@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One prepared GPU run: the reference recipes (anchor_lora.py) and this project's trainer
+# (`bench`) on the same GPU, one process per case, each with its own time limit.
+#   benchmarks/run_gpu.sh            on the GPU machine (after prepare_gpu_run.sh here)
+#   benchmarks/run_gpu.sh --smoke    on a CPU: the tiny shape, checks the plumbing
+# Records (JSON lines) go to ${OUT:-benchmarks/out}/results.jsonl; a table is printed.
+set -uo pipefail
+cd "$(dirname "$0")" || exit 1
+OUT="${OUT:-out}"
+mkdir -p "$OUT"
+results="$OUT/results.jsonl"
+: > "$results"
+smoke=0
+[ "${1:-}" = "--smoke" ] && smoke=1
+default_py=python3  # the GPU image's python, which holds torch
+[ "$smoke" -eq 1 ] && [ -x ../.venv/bin/python ] && default_py=../.venv/bin/python
+PY="${PY:-$default_py}"
+
+if [ "$smoke" -eq 0 ]; then
+  "$PY" -m pip install --quiet --no-index --find-links carry/wheels pydantic bitsandbytes liger-kernel || true
+fi
+export PYTHONPATH="$PWD/carry/bench-project/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PARAMS="carry/bench-project/params.yaml"
+
+case_run() {  # limit_s, name, command...
+  local limit="$1" name="$2"
+  shift 2
+  echo "== $name"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | grep '^RESULT ' | sed 's/^RESULT //' >> "$results" \
+    || echo "{\"case\": \"$name\", \"error\": \"failed or timed out, see $name.log\"}" >> "$results"
+}
+
+anchor_run() {  # limit_s, name, anchor arguments...: its --out JSON, appended as records
+  local limit="$1" name="$2"
+  shift 2
+  echo "== $name"
+  timeout "$limit" "$PY" carry/anchor_lora.py "$@" --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+  "$PY" -c 'import json, sys
+for r in json.load(open(sys.argv[1])):
+    if "variant" in r:
+        print(json.dumps(r))' "$OUT/$name.json" >> "$results" \
+    || echo "{\"case\": \"$name\", \"error\": \"failed or timed out, see $name.log\"}" >> "$results"
+}
+
+if [ "$smoke" -eq 1 ]; then
+  anchor_run 300 anchor-tiny --smoke --variants hf_recipe,tuned
+  case_run 300 ours-tiny "$PY" -m bench_project bench --params "$PARAMS" --shape tiny --seq 256 --steps 3 --global-batch 8
+else
+  # Ratios are what count: every figure below is measured on this GPU in this run.
+  anchor_run 150 anchor-1b --models 1b --variants hf_recipe,tuned
+  case_run 150 ours-1b "$PY" -m bench_project bench --params "$PARAMS" --shape 1b --seq 2048 --steps 10 --global-batch 16
+  anchor_run 200 anchor-8b --models 8b --variants hf_recipe,hf_qlora
+  case_run 200 ours-8b "$PY" -m bench_project bench --params "$PARAMS" --shape 8b --seq 2048 --steps 8 --global-batch 16
+  case_run 200 ours-8b-qlora "$PY" -m bench_project bench --params "$PARAMS" --shape 8b --method qlora --seq 2048 --steps 6 --global-batch 8
+fi
+
+"$PY" - "$results" <<'PYTHON'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+print(f"\n{'model':6} {'variant':16} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}")
+for r in rows:
+    if "error" in r:
+        print(f"{r.get('case', '?'):23} ERROR {r['error']}")
+        continue
+    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+    peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") else "-"
+    print(f"{r['model']:6} {r['variant']:16} {r['tokens_per_s']:10.0f} {mfu:>7} {peak:>9}")
+PYTHON
