@@ -41,27 +41,27 @@ def tiny_model_dir(tmp_path_factory, sample_data) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", sample_data)
 
 
+def smoke_params(tmp: Path, tiny_model_dir: Path, sample_data: Path, *overrides: str):
+    """params.yaml + the smoke settings (tiny model, short schedule), every path inside `tmp`."""
+    return load_params(
+        PARAMS,
+        [
+            *smoke_overrides(load_params(PARAMS)),
+            f"model.base={tiny_model_dir}",
+            f"data.path={sample_data}",
+            f"data.prepared_dir={tmp / 'prepared'}",
+            f"train.output_dir={tmp / 'outputs'}",
+            f"checkpoint.dir={tmp / 'checkpoints'}",
+            f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+            *overrides,
+        ],
+    )
+
+
 @pytest.fixture
 def make_params(tmp_path, tiny_model_dir, sample_data):
-    """params.yaml + the smoke settings, with every path inside this test's tmp folder."""
-
-    def make(*overrides: str):
-        base = load_params(PARAMS)
-        return load_params(
-            PARAMS,
-            [
-                *smoke_overrides(base),
-                f"model.base={tiny_model_dir}",
-                f"data.path={sample_data}",
-                f"data.prepared_dir={tmp_path / 'prepared'}",
-                f"train.output_dir={tmp_path / 'outputs'}",
-                f"checkpoint.dir={tmp_path / 'checkpoints'}",
-                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                *overrides,
-            ],
-        )
-
-    return make
+    """smoke_params for this test's tmp folder, with more overrides."""
+    return lambda *overrides: smoke_params(tmp_path, tiny_model_dir, sample_data, *overrides)
 
 
 def run_cli(*args: str, cwd: Path = PROJECT, **env: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import pytest
 from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.tracking import Spool, sync_spools
 
-from conftest import PROJECT, MlflowServer
+from conftest import PROJECT, MlflowServer, smoke_params
 
 STEPS = 24
 
@@ -36,16 +36,8 @@ def cli(*args, env=None, wait=True):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, tiny_model_dir, sample_data):
-    from {{ cookiecutter.package_name }}.cli import smoke_overrides
-    from {{ cookiecutter.package_name }}.config import load_params
-
-    from conftest import PARAMS
-
     tmp = tmp_path_factory.mktemp("mlflow-runs")
-    params = load_params(PARAMS, [
-        *smoke_overrides(load_params(PARAMS)), f"model.base={tiny_model_dir}", f"data.path={sample_data}",
-        f"data.prepared_dir={tmp / 'prepared'}", "tracking.experiment=mlflow-tests", "cost.hourly_usd=1.8",
-    ])
+    params = smoke_params(tmp, tiny_model_dir, sample_data, "tracking.experiment=mlflow-tests", "cost.hourly_usd=1.8")
     data.prepare(params, log=lambda *_: None)
     return params, tmp
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from {{ cookiecutter.package_name }} import checkpoints, data
 
-from conftest import PROJECT, run_cli
+from conftest import PROJECT, run_cli, smoke_params
 
 STEPS = 12
 
@@ -65,17 +65,8 @@ def effective_samples(sample_log: Path) -> list[tuple[int, str]]:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, tiny_model_dir, sample_data):
-    from {{ cookiecutter.package_name }}.cli import smoke_overrides
-    from {{ cookiecutter.package_name }}.config import load_params
-
-    from conftest import PARAMS
-
     tmp = tmp_path_factory.mktemp("resume")
-    params = load_params(PARAMS, [
-        *smoke_overrides(load_params(PARAMS)), f"model.base={tiny_model_dir}", f"data.path={sample_data}",
-        f"data.prepared_dir={tmp / 'prepared'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
-        "train.log_every_steps=2", "train.global_batch=8", "train.micro_batch=4",
-    ])
+    params = smoke_params(tmp, tiny_model_dir, sample_data, "train.log_every_steps=2", "train.global_batch=8", "train.micro_batch=4")
     data.prepare(params, log=lambda *_: None)
     # The reference: one uninterrupted run.
     reference = tmp / "reference"

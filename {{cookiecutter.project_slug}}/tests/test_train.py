@@ -10,26 +10,13 @@ from {{ cookiecutter.package_name }} import data, modeling
 from {{ cookiecutter.package_name }}.evaluate import evaluate
 from {{ cookiecutter.package_name }}.train import rows_for_step, train
 
+from conftest import smoke_params
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir, sample_data):
     """One short training run shared by the tests of this module."""
-    tmp = tmp_path_factory.mktemp("run")
-    from {{ cookiecutter.package_name }}.cli import smoke_overrides
-    from {{ cookiecutter.package_name }}.config import load_params
-
-    from conftest import PARAMS
-
-    params = load_params(PARAMS, [
-        *smoke_overrides(load_params(PARAMS)),
-        f"model.base={tiny_model_dir}",
-        f"data.path={sample_data}",
-        f"data.prepared_dir={tmp / 'prepared'}",
-        f"train.output_dir={tmp / 'outputs'}",
-        f"checkpoint.dir={tmp / 'checkpoints'}",
-        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
-        "cost.hourly_usd=2.5",
-    ])
+    params = smoke_params(tmp_path_factory.mktemp("run"), tiny_model_dir, sample_data, "cost.hourly_usd=2.5")
     data.prepare(params, log=lambda *_: None)
     adapter = train(params, log=lambda *_: None)
     metrics = evaluate(params, log=lambda *_: None)

@@ -26,9 +26,8 @@ def matmul_parameters(model) -> int:
     """Parameters of the base model's linear layers (LoRA matrices excluded)."""
     total = 0
     for name, module in model.named_modules():
+        # bitsandbytes' Linear4bit subclasses nn.Linear: 4-bit bases are counted too.
         if isinstance(module, torch.nn.Linear) and "lora_" not in name:
-            total += module.in_features * module.out_features
-        elif type(module).__name__ == "Linear4bit" and "lora_" not in name:
             total += module.in_features * module.out_features
     return total
 

@@ -193,6 +193,8 @@ class Session:
     token_flops: float
     trainable: int
     total: int
+    trainable_params: list[torch.nn.Parameter]  # the adapter's; clipped and optimized
+    summary: dict | None  # prepared data's summary.json (None for the benchmark's rows)
 
     @property
     def world(self) -> int:
@@ -209,10 +211,6 @@ class Session:
     @property
     def per_process(self) -> int:
         return self.params.train.global_batch // self.world
-
-    @property
-    def trainable_params(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
 
 
 def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | None = None) -> Session:
@@ -242,6 +240,7 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
     n_matmul = perf.matmul_parameters(base)
     model = modeling.add_adapter(base, params)
     trainable, total = modeling.count_parameters(model)
+    summary = None
     if rows is None:
         rows = data.load_prepared(params.data.prepared_dir, "train")
         summary = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())
@@ -249,7 +248,8 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
     per_process = cfg.global_batch // accelerator.num_processes
     micro_batch, checkpointing = choose_micro_batch(model, rows, params, per_process, device)
 
-    optimizer = make_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.learning_rate, cfg.weight_decay, device)
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(cfg.optimizer, trainable_params, cfg.learning_rate, cfg.weight_decay, device)
     scheduler = learning_rate_schedule(optimizer, params)
     model, optimizer = accelerator.prepare(model, optimizer)
     config = base.config
@@ -258,7 +258,7 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
         optimizer=optimizer, scheduler=scheduler, rows=rows, micro_batch=micro_batch,
         accumulation=per_process // micro_batch, checkpointing=checkpointing, liger=liger, dtype=dtype,
         token_flops=perf.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, mean_context or 0.0),
-        trainable=trainable, total=total,
+        trainable=trainable, total=total, trainable_params=trainable_params, summary=summary,
     )
 
 
@@ -315,16 +315,18 @@ def train(params, resume: str = "auto", log=print) -> Path:
     world, device, n_rows = s.world, s.device, s.n_rows
 
     # --------------------------------------------------------------- resume
-    summary = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())
+    summary = s.summary
     fingerprint = hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
     compat = checkpoints.compatibility(params, fingerprint)
     run_dir = Path(params.checkpoint.dir) / checkpoints.run_key(compat)
     restored = None
-    if accelerator.is_main_process:
-        start_from = checkpoints.resume_point(run_dir, resume, log)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        start_from = checkpoints.latest_valid(run_dir, lambda *_: None) if resume == "auto" else (None if resume == "never" else Path(resume))
+    # The main process picks (and verifies) the checkpoint once; the others are told which.
+    choice = [checkpoints.resume_point(run_dir, resume, log) if accelerator.is_main_process else None]
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(choice)
+    start_from = choice[0]
     if start_from is not None:
         restored = checkpoints.load(start_from, accelerator.unwrap_model(model), optimizer, scheduler, compat)
         log(f"resuming from {start_from} (step {restored.step})")
