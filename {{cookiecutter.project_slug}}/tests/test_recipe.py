@@ -39,39 +39,92 @@ def test_dora_and_8bit_adamw_train(make_params):
     assert curve[-1] < curve[0] - 0.2, curve
 
 
-def test_two_process_ddp_matches_one_process(make_params, tmp_path):
-    """Same global batch on 1 process (2 x accumulation) and 2 processes (gloo): same adapter."""
-    common = ["train.max_steps=4", "train.micro_batch=4", "train.global_batch=8", "lora.dropout=0", "train.log_every_steps=2"]
-    single = make_params(*common)
-    data.prepare(single, **quiet)
-    train(single, **quiet)
-
-    overrides = [f"{key}={value}" for key, value in single.flat().items() if value is not None and not isinstance(value, list)]
-    overrides = [o for o in overrides if not o.startswith("train.output_dir=")] + [f"train.output_dir={tmp_path / 'ddp'}"]
-    args = [arg for o in overrides for arg in ("--set", o)]
-    result = run_cli_torchrun(args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "4 x 1 accumulation x 2 processes" in result.stdout + result.stderr
-
-    one = load_file(f"{single.train.output_dir}/adapter/adapter_model.safetensors")
-    two = load_file(tmp_path / "ddp/adapter/adapter_model.safetensors")
-    assert one.keys() == two.keys()
-    moved = 0
-    for key in one:
-        torch.testing.assert_close(one[key], two[key], atol=2e-5, rtol=1e-4)
-        moved += int("lora_B" in key and one[key].abs().sum() > 0)
-    assert moved > 0  # the adapters did train (lora_B starts at zero)
+def cli_overrides(params, **changes: str) -> list[str]:
+    """`--set key=value` arguments that recreate `params` in another process, with changes."""
+    values = {key: value for key, value in params.flat().items() if value is not None and not isinstance(value, list)}
+    values.update(changes)
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
 
 
-def run_cli_torchrun(args):
+def run_two_processes(config: str, *args: str):
+    """`accelerate launch` with one of the project's configs, two CPU processes (gloo).
+    FSDP goes through tests/fsdp_on_cpu.py: accelerate enables it only on GPUs."""
     import subprocess
 
     from conftest import PROJECT
 
+    entry = ["tests/fsdp_on_cpu.py"] if config == "fsdp" else ["-m", "{{ cookiecutter.package_name }}"]
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "{{ cookiecutter.package_name }}", "train", *args],
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"configs/accelerate/{config}.yaml",
+         "--num_processes", "2", *entry, "train", *args],
         cwd=PROJECT, capture_output=True, text=True, timeout=600,
     )
+
+
+def assert_same_adapter(first, second, atol=2e-5):
+    one, two = load_file(f"{first}/adapter_model.safetensors"), load_file(f"{second}/adapter_model.safetensors")
+    assert one.keys() == two.keys()
+    moved = 0
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], atol=atol, rtol=1e-4)
+        moved += int("lora_B" in key and one[key].abs().sum() > 0)
+    assert moved > 0  # the adapters did train (lora_B starts at zero)
+
+
+SAME_UPDATE = ["train.max_steps=4", "train.micro_batch=4", "train.global_batch=8", "lora.dropout=0", "train.log_every_steps=2"]
+
+
+def test_two_process_ddp_matches_one_process(make_params, tmp_path):
+    """Same global batch on 1 process (2 x accumulation) and 2 processes (gloo): same adapter."""
+    single = make_params(*SAME_UPDATE)
+    data.prepare(single, **quiet)
+    train(single, **quiet)
+
+    # micro_batch=auto: the processes agree on one split (an all-reduce) before training.
+    result = run_two_processes("ddp", *cli_overrides(single, **{"train.micro_batch": "auto", "train.output_dir": tmp_path / "ddp"}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 x 1 accumulation x 2 processes" in result.stdout + result.stderr
+    assert_same_adapter(f"{single.train.output_dir}/adapter", tmp_path / "ddp/adapter")
+
+
+def test_fsdp_shards_trains_like_one_process_and_its_checkpoints_resume_anywhere(make_params, tmp_path):
+    """FSDP over 2 CPU processes: the same adapter as 1 process; its checkpoints (gathered
+    whole) resume under FSDP and in a single process to the same result."""
+    single = make_params(*SAME_UPDATE, "checkpoint.every_steps=2", "checkpoint.keep=2")
+    data.prepare(single, **quiet)
+    train(single, **quiet)
+    expected = f"{single.train.output_dir}/adapter"
+
+    sharded = cli_overrides(single, **{"train.output_dir": tmp_path / "fsdp", "checkpoint.dir": tmp_path / "fsdp-checkpoints"})
+    result = run_two_processes("fsdp", *sharded)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on 2x cpu (FSDP)" in result.stdout + result.stderr
+    assert_same_adapter(expected, tmp_path / "fsdp/adapter")
+
+    # Resume from the half-way checkpoint written by FSDP: under FSDP, and in one process.
+    [halfway] = (tmp_path / "fsdp-checkpoints").glob("*/step-00000002")
+    elsewhere = {"checkpoint.dir": tmp_path / "elsewhere"}
+    result = run_two_processes("fsdp", *cli_overrides(single, **elsewhere, **{"train.output_dir": tmp_path / "fsdp-resumed"}), "--resume", str(halfway))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from {halfway} (step 2)" in result.stdout
+    assert_same_adapter(expected, tmp_path / "fsdp-resumed/adapter")
+
+    one_process = make_params(*SAME_UPDATE, f"train.output_dir={tmp_path / 'one-resumed'}", f"checkpoint.dir={tmp_path / 'elsewhere-1'}")
+    messages = []
+    train(one_process, resume=str(halfway), log=messages.append)
+    assert any(m.startswith(f"resuming from {halfway}") for m in messages)
+    assert_same_adapter(expected, tmp_path / "one-resumed/adapter")
+
+
+def test_fsdp_refuses_qlora_and_a_batch_it_cannot_split(make_params):
+    """Refusals come before any model is loaded, as one line naming the setting, exit code 2
+    (accelerate's launcher then reports the failed processes with a traceback of its own)."""
+    params = make_params()
+    result = run_two_processes("fsdp", *cli_overrides(params, **{"model.method": "qlora"}))
+    assert "error: model.method=qlora with FSDP" in result.stderr and "exitcode  : 2" in result.stderr
+    assert "{{ cookiecutter.package_name }}/" not in result.stderr  # no traceback through our code
+    result = run_two_processes("ddp", *cli_overrides(params, **{"train.global_batch": 7, "train.micro_batch": "auto"}))
+    assert "error: train.global_batch=7 is not a multiple of the 2 processes" in result.stderr and "exitcode  : 2" in result.stderr
 
 
 def test_merged_model_gives_the_adapter_logits_and_generations_are_saved(make_params, tmp_path):
@@ -98,8 +151,10 @@ def test_merged_model_gives_the_adapter_logits_and_generations_are_saved(make_pa
 
 def test_micro_batch_auto_on_cpu_keeps_the_global_batch(make_params):
     params = make_params("train.micro_batch=auto", "train.global_batch=12")
-    assert choose_micro_batch(None, None, params, per_process=12, device=torch.device("cpu")) == (4, False)
-    assert choose_micro_batch(None, None, params, per_process=6, device=torch.device("cpu")) == (3, False)
+    cpu = torch.device("cpu")
+    assert choose_micro_batch(None, None, params, per_process=12, device=cpu, sharded=False) == (4, False)
+    assert choose_micro_batch(None, None, params, per_process=6, device=cpu, sharded=False) == (3, False)
+    assert choose_micro_batch(None, None, params, per_process=6, device=cpu, sharded=True) == (1, False)
 
 
 def test_flops_per_token_follow_the_lora_convention():

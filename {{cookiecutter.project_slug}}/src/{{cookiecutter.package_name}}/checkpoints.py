@@ -11,6 +11,9 @@ Layout (one folder per run configuration, so a run with other params starts afre
     <checkpoint.dir>/<run key>/segments.json    cost of every segment (restart) so far
     <checkpoint.dir>/<run key>/COMPLETE         the run finished; `--resume auto` starts anew
 
+Weights and optimizer state are stored whole (unsharded), so a checkpoint made by one
+process, by DDP or by FSDP over N GPUs can be resumed by any of them.
+
 A checkpoint is written under a temporary name, every file flushed to disk, the manifest
 written last, then renamed into place: a directory named `step-*` with a manifest that
 verifies is complete. Files are written whole (no appends or random writes), which a bucket
@@ -105,8 +108,35 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
-    """Write checkpoint `step` atomically into run_dir; keep the newest `keep` ones."""
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The trainable (adapter) weights, whole and on the CPU, keyed by parameter name.
+
+    Every process must call it: under FSDP each holds a shard, gathered here. With several
+    processes only the main one receives the tensors (the others get an empty dict).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    names = {name for name, p in model.named_parameters() if p.requires_grad}
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    return {k: v for k, v in get_model_state_dict(model, options=options).items() if k in names}
+
+
+def optimizer_state(model, optimizer) -> dict:
+    """The optimizer's state, whole and keyed by parameter name (collective, like trainable_state)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, _unwrap_optimizer(optimizer), options=options)
+
+
+def _unwrap_optimizer(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+
+
+def save(run_dir: Path, step: int, weights: dict, optimizer_state: dict, scheduler, state: dict, keep: int) -> Path:
+    """Write checkpoint `step` atomically into run_dir; keep the newest `keep` ones.
+
+    `weights` and `optimizer_state` come from `trainable_state` / `optimizer_state`."""
     from safetensors.torch import save_file
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -114,9 +144,8 @@ def save(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, kee
     tmp = run_dir / f".tmp-{step_dir_name(step)}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        trainable = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-        save_file(trainable, tmp / "adapter.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file({name: w.contiguous() for name, w in weights.items()}, tmp / "adapter.safetensors")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2, default=str))
@@ -212,8 +241,9 @@ class Restored:
 
 
 def load(checkpoint: Path, model, optimizer, scheduler, compat: dict) -> Restored:
-    """Restore weights, optimizer, schedule and RNG from a verified checkpoint."""
+    """Restore weights, optimizer, schedule and RNG from a verified checkpoint (every process)."""
     from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     state = json.loads((checkpoint / STATE).read_text())
     changed = {k: (state["compatibility"].get(k), v) for k, v in compat.items() if state["compatibility"].get(k) != v}
@@ -223,13 +253,14 @@ def load(checkpoint: Path, model, optimizer, scheduler, compat: dict) -> Restore
             f"{checkpoint} was made with other params ({detail}); use --resume never or another checkpoint.dir"
         )
     weights = load_file(checkpoint / "adapter.safetensors")
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    if weights.keys() != trainable.keys():
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    if weights.keys() != trainable:
         raise IncompatibleCheckpoint(f"{checkpoint}: its adapter weights do not match this model's")
-    with torch.no_grad():
-        for name, p in trainable.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    # Every process loads the whole state; under FSDP each keeps its own shard of it.
+    whole = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, weights, options=whole)
+    optimizer_whole = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    set_optimizer_state_dict(model, _unwrap_optimizer(optimizer), optimizer_whole, options=whole)
     scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True))
     return Restored(step=state["step"], state=state, path=checkpoint)

@@ -52,8 +52,9 @@ def load_tokenizer(base: str):
     return tokenizer
 
 
-def load_base_model(params, device: torch.device, quantize: bool | None = None):
-    """The frozen base model at the training dtype; 4-bit NF4 for QLoRA."""
+def load_base_model(params, device: torch.device, quantize: bool | None = None, to_device: bool = True):
+    """The frozen base model at the training dtype; 4-bit NF4 for QLoRA.
+    to_device=False leaves a 16-bit model on the CPU (FSDP places the shards itself)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     dtype = resolve_dtype(params.model.dtype, device)
@@ -80,7 +81,7 @@ def load_base_model(params, device: torch.device, quantize: bool | None = None):
             print(f"attention {attention} unavailable ({str(err).splitlines()[0][:120]}); trying the next")
     if model is None:
         raise ModelNotFound(f"model.base={params.model.base!r}: no attention implementation could load it")
-    if not quantize:
+    if not quantize and to_device:
         model.to(device)
     model.config.use_cache = False  # the KV cache only helps generation
     return model

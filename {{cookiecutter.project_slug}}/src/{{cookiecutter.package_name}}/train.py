@@ -9,7 +9,8 @@ Features
 - loss normalised by the trained tokens of the whole global batch, so gradient
   accumulation and any number of GPUs give the update of one big batch;
 - the sample order is a pure function of (seed, step): a run can resume at any step;
-- single GPU, DDP, FSDP or DeepSpeed through `accelerate launch` (configs/accelerate/);
+- single GPU, DDP or FSDP through `accelerate launch` (configs/accelerate/); checkpoints
+  hold whole tensors, so a run may resume on another number of GPUs;
 - `micro_batch: auto` finds the largest micro-batch that fits, gradient checkpointing
   only when nothing fits without it, Liger fused kernels when installed;
 - AdamW (fused on GPU) or 8-bit / paged 8-bit AdamW from bitsandbytes;
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoints, data, modeling, perf
+from .config import ConfigError
 from .atomic import atomic_dir
 from .cost import CostMeter
 from .tracking import Tracker
@@ -115,12 +117,14 @@ def fits(model, rows, micro_batch: int, device: torch.device) -> bool:
         torch.cuda.empty_cache()
 
 
-def choose_micro_batch(model, rows, params, per_process: int, device: torch.device) -> tuple[int, bool]:
+def choose_micro_batch(model, rows, params, per_process: int, device: torch.device, sharded: bool) -> tuple[int, bool]:
     """(micro_batch, gradient checkpointing) for this run.
 
     A fixed micro_batch is used as given. `auto` on a GPU tries divisors of the per-process
     batch, largest first; checkpointing (slower: recomputes activations) is switched on
     only when not even one row fits without it. On a CPU `auto` means min(4, per process).
+    Under FSDP (`sharded`) the model only fits once it is sharded, and a probe there would run
+    collectives that an out-of-memory error on one GPU could leave hanging: `auto` means 1.
     """
     wanted, checkpointing = params.train.micro_batch, params.train.gradient_checkpointing
     if checkpointing is True:
@@ -128,6 +132,8 @@ def choose_micro_batch(model, rows, params, per_process: int, device: torch.devi
     if wanted != "auto":
         return wanted, checkpointing is True
     candidates = [m for m in range(per_process, 0, -1) if per_process % m == 0]
+    if sharded:
+        return 1, checkpointing is True
     if device.type != "cuda":
         return next(m for m in candidates if m <= 4), checkpointing is True
     for use_checkpointing in ([checkpointing is True] if checkpointing != "auto" else [False, True]):
@@ -137,6 +143,19 @@ def choose_micro_batch(model, rows, params, per_process: int, device: torch.devi
             if fits(model, rows, micro_batch, device):
                 return micro_batch, use_checkpointing
     raise RuntimeError("not even one row fits in GPU memory: lower data.max_length, or use model.method=qlora")
+
+
+def agree_on_micro_batch(micro_batch: int, checkpointing: bool, model, device) -> tuple[int, bool]:
+    """Every process must split the batch the same way (else the gradient all-reduces of
+    DDP would not pair up and the job would hang): the smallest micro-batch, with
+    checkpointing if any process needed it."""
+    import torch.distributed as dist
+
+    choice = torch.tensor([-micro_batch, int(checkpointing)], device=device)
+    dist.all_reduce(choice, op=dist.ReduceOp.MAX)
+    if choice[1] and not checkpointing:
+        modeling.enable_gradient_checkpointing(model)
+    return int(-choice[0]), bool(choice[1])
 
 
 def machine_price(params, device: torch.device, world: int) -> tuple[float, str]:
@@ -188,12 +207,12 @@ class Session:
     micro_batch: int
     accumulation: int
     checkpointing: bool
+    sharded: bool  # FSDP: every process holds a shard of the weights
     liger: bool
     dtype: torch.dtype
     token_flops: float
     trainable: int
     total: int
-    trainable_params: list[torch.nn.Parameter]  # the adapter's; clipped and optimized
     summary: dict | None  # prepared data's summary.json (None for the benchmark's rows)
 
     @property
@@ -213,6 +232,26 @@ class Session:
         return self.params.train.global_batch // self.world
 
 
+def check_distributed_type(accelerator, params) -> bool:
+    """True under FSDP. DeepSpeed is refused: its ZeRO stages 1-2 shard only what is trained
+    (the adapter: a few hundred MB at most), so for LoRA they save next to nothing over DDP,
+    while FSDP shards the frozen base model, which is what does not fit."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "DeepSpeed is not supported: for LoRA use configs/accelerate/ddp.yaml (the base fits on one GPU) "
+            "or configs/accelerate/fsdp.yaml (it does not)"
+        )
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    if sharded and params.model.method == "qlora":
+        raise ConfigError(
+            "model.method=qlora with FSDP: the 4-bit base cannot be sharded and would be copied to every GPU; "
+            "use configs/accelerate/ddp.yaml, or model.method=lora with fsdp.yaml"
+        )
+    return sharded
+
+
 def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | None = None) -> Session:
     """Model + adapter, data, micro-batch, optimizer and schedule, ready for `train_step`.
 
@@ -228,14 +267,16 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
     if cfg.global_batch % accelerator.num_processes:
-        raise ValueError(f"train.global_batch={cfg.global_batch} is not a multiple of the {accelerator.num_processes} processes")
+        raise ConfigError(f"train.global_batch={cfg.global_batch} is not a multiple of the {accelerator.num_processes} processes")
+    sharded = check_distributed_type(accelerator, params)
     device = accelerator.device
 
     set_seed(cfg.seed)
     if tokenizer is None and base is None:
         tokenizer = modeling.load_tokenizer(params.model.base)
     if base is None:
-        base = modeling.load_base_model(params, device)
+        # Under FSDP the weights stay on the CPU: accelerate moves each GPU its shard.
+        base = modeling.load_base_model(params, device, to_device=not sharded)
     liger = modeling.apply_liger_kernels(base, cfg.liger_kernels, device)
     n_matmul = perf.matmul_parameters(base)
     model = modeling.add_adapter(base, params)
@@ -246,19 +287,22 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
         summary = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())
         mean_context = summary["train"]["mean_context"]
     per_process = cfg.global_batch // accelerator.num_processes
-    micro_batch, checkpointing = choose_micro_batch(model, rows, params, per_process, device)
+    micro_batch, checkpointing = choose_micro_batch(model, rows, params, per_process, device, sharded)
+    if accelerator.num_processes > 1 and cfg.micro_batch == "auto":
+        micro_batch, checkpointing = agree_on_micro_batch(micro_batch, checkpointing, model, device)
 
     trainable_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg.optimizer, trainable_params, cfg.learning_rate, cfg.weight_decay, device)
     scheduler = learning_rate_schedule(optimizer, params)
+    # FSDP replaces the parameters by sharded ones (and points the optimizer at them).
     model, optimizer = accelerator.prepare(model, optimizer)
     config = base.config
     return Session(
         params=params, accelerator=accelerator, model=model, base_config=config, tokenizer=tokenizer,
         optimizer=optimizer, scheduler=scheduler, rows=rows, micro_batch=micro_batch,
-        accumulation=per_process // micro_batch, checkpointing=checkpointing, liger=liger, dtype=dtype,
+        accumulation=per_process // micro_batch, checkpointing=checkpointing, sharded=sharded, liger=liger, dtype=dtype,
         token_flops=perf.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, mean_context or 0.0),
-        trainable=trainable, total=total, trainable_params=trainable_params, summary=summary,
+        trainable=trainable, total=total, summary=summary,
     )
 
 
@@ -294,7 +338,8 @@ def train_step(s: Session, step: int) -> StepResult:
             s.accelerator.backward(out.loss * s.world)
         step_loss += out.loss.detach()
 
-    grad_norm = s.accelerator.clip_grad_norm_(s.trainable_params, cfg.max_grad_norm)
+    # All parameters (the frozen ones have no gradient): accelerate's FSDP clipping expects them all.
+    grad_norm = s.accelerator.clip_grad_norm_(s.model.parameters(), cfg.max_grad_norm)
     s.optimizer.step()
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
@@ -313,6 +358,8 @@ def train(params, resume: str = "auto", log=print) -> Path:
     s = setup(params)
     accelerator, model, optimizer, scheduler = s.accelerator, s.model, s.optimizer, s.scheduler
     world, device, n_rows = s.world, s.device, s.n_rows
+    if not accelerator.is_main_process:
+        log = lambda *_: None  # noqa: E731 - one process speaks for all
 
     # --------------------------------------------------------------- resume
     summary = s.summary
@@ -327,8 +374,9 @@ def train(params, resume: str = "auto", log=print) -> Path:
 
         broadcast_object_list(choice)
     start_from = choice[0]
+    unwrapped = accelerator.unwrap_model(model)  # the PeftModel (sharded in place under FSDP)
     if start_from is not None:
-        restored = checkpoints.load(start_from, accelerator.unwrap_model(model), optimizer, scheduler, compat)
+        restored = checkpoints.load(start_from, unwrapped, optimizer, scheduler, compat)
         log(f"resuming from {start_from} (step {restored.step})")
     start_step = restored.step if restored else 0
     recoveries = restored.state["recoveries"] + 1 if restored else 0
@@ -368,12 +416,14 @@ def train(params, resume: str = "auto", log=print) -> Path:
             "resolved.dtype": str(s.dtype).removeprefix("torch."), "flops_per_token": int(s.token_flops),
         })
     log(
-        f"training {s.trainable:,} of {s.total:,} parameters ({params.model.method}) on {world}x {device.type}; "
+        f"training {s.trainable:,} of {s.total:,} parameters ({params.model.method}) on {world}x {device.type}{' (FSDP)' if s.sharded else ''}; "
         f"{n_rows} rows, global batch {cfg.global_batch} = {s.micro_batch} x {s.accumulation} accumulation x {world} processes"
         f"{', gradient checkpointing' if s.checkpointing else ''}{', Liger kernels' if s.liger else ''}"
     )
 
     def save_checkpoint(step: int) -> None:
+        weights = checkpoints.trainable_state(unwrapped)  # every process: FSDP gathers the shards
+        optimizer_state = checkpoints.optimizer_state(unwrapped, optimizer)
         if is_main:
             state = {
                 "mlflow_run_id": tracker.run_id,
@@ -384,7 +434,7 @@ def train(params, resume: str = "auto", log=print) -> Path:
                 "loss_log": loss_log,
             }
             started = time.perf_counter()
-            checkpoints.save(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler, state, params.checkpoint.keep)
+            checkpoints.save(run_dir, step, weights, optimizer_state, scheduler, state, params.checkpoint.keep)
             checkpoints.write_json_atomic(segments_file, meter.segments())
             if step > tracker.last_logged_step:
                 tracker.log(step, checkpoint_seconds=time.perf_counter() - started)
@@ -469,8 +519,9 @@ def train(params, resume: str = "auto", log=print) -> Path:
 
     # ------------------------------------------------------------------ save
     adapter_dir = Path(cfg.output_dir) / "adapter"
+    weights = checkpoints.trainable_state(unwrapped)
     if is_main:
-        save_adapter(accelerator.unwrap_model(model), s.tokenizer, adapter_dir)
+        save_adapter(unwrapped, weights, s.tokenizer, adapter_dir)
         write_loss_csv(loss_log, Path(cfg.output_dir) / "train_loss.csv")
         tracker.log_artifact(plot_loss(loss_log, Path(cfg.output_dir) / "loss.png", title=params.model.base))
         adapter_mb = sum(f.stat().st_size for f in adapter_dir.iterdir()) / 2**20
@@ -490,10 +541,11 @@ def train(params, resume: str = "auto", log=print) -> Path:
     return adapter_dir
 
 
-def save_adapter(model, tokenizer, adapter_dir: Path) -> None:
-    """PEFT's standard adapter format plus the tokenizer, swapped in atomically."""
+def save_adapter(model, weights: dict[str, torch.Tensor], tokenizer, adapter_dir: Path) -> None:
+    """PEFT's standard adapter format plus the tokenizer, swapped in atomically.
+    `weights`: checkpoints.trainable_state(model), whole even when the model is sharded."""
     with atomic_dir(adapter_dir) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
 
 
