@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from {{ cookiecutter.package_name }} import data, modeling, perf
 from {{ cookiecutter.package_name }}.evaluate import evaluate
 from {{ cookiecutter.package_name }}.merge import merge
-from {{ cookiecutter.package_name }}.train import choose_micro_batch, train
+from {{ cookiecutter.package_name }}.config import ConfigError
+from {{ cookiecutter.package_name }}.train import choose_micro_batch, largest_that_fits, train
 
 quiet = {"log": lambda *_: None}
 
@@ -155,6 +156,40 @@ def test_micro_batch_auto_on_cpu_keeps_the_global_batch(make_params):
     assert choose_micro_batch(None, None, params, per_process=12, device=cpu, sharded=False) == (4, False)
     assert choose_micro_batch(None, None, params, per_process=6, device=cpu, sharded=False) == (3, False)
     assert choose_micro_batch(None, None, params, per_process=6, device=cpu, sharded=True) == (1, False)
+
+
+def test_the_micro_batch_probe_backs_off_and_checkpoints_only_when_nothing_else_fits(make_params):
+    """The GPU probe, run on the real tiny model: forward + backward per candidate. The GPU's
+    memory limit is played by a hook that raises CUDA's out-of-memory error above a number
+    of rows (smaller with gradient checkpointing off); a real limit needs a GPU."""
+    params = make_params()
+    data.prepare(params, **quiet)
+    rows = data.load_prepared(params.data.prepared_dir, "train")
+    cpu = torch.device("cpu")
+
+    def probe(rows_without_checkpointing: int, rows_with_checkpointing: int, checkpointing="auto"):
+        model = modeling.add_adapter(modeling.load_base_model(params, cpu), params)
+        tried = []
+
+        def memory_limit(module, args, kwargs):
+            n, checkpointed = kwargs["input_ids"].shape[0], model.base_model.model.is_activation_checkpointing
+            tried.append((n, checkpointed))
+            if n > (rows_with_checkpointing if checkpointed else rows_without_checkpointing):
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+        model.base_model.model.model.register_forward_pre_hook(memory_limit, with_kwargs=True)
+        choice = largest_that_fits(model, rows, [8, 4, 2, 1], checkpointing, cpu)
+        assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients behind
+        return choice, tried
+
+    assert probe(8, 8) == ((8, False), [(8, False)])
+    assert probe(3, 8) == ((2, False), [(8, False), (4, False), (2, False)])
+    # Checkpointing costs ~30% more compute: only when not even one row fits without it.
+    assert probe(0, 4) == ((4, True), [(8, False), (4, False), (2, False), (1, False), (8, True), (4, True)])
+    with pytest.raises(ConfigError, match="without gradient checkpointing: lower data.max_length, set train.gradient_checkpointing=auto"):
+        probe(0, 4, checkpointing=False)
+    with pytest.raises(ConfigError, match="not even one row of data.max_length=512 tokens fits in GPU memory: lower"):
+        probe(0, 0)
 
 
 def test_flops_per_token_follow_the_lora_convention():

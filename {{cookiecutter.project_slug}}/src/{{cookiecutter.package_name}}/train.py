@@ -120,11 +120,10 @@ def fits(model, rows, micro_batch: int, device: torch.device) -> bool:
 def choose_micro_batch(model, rows, params, per_process: int, device: torch.device, sharded: bool) -> tuple[int, bool]:
     """(micro_batch, gradient checkpointing) for this run.
 
-    A fixed micro_batch is used as given. `auto` on a GPU tries divisors of the per-process
-    batch, largest first; checkpointing (slower: recomputes activations) is switched on
-    only when not even one row fits without it. On a CPU `auto` means min(4, per process).
-    Under FSDP (`sharded`) the model only fits once it is sharded, and a probe there would run
-    collectives that an out-of-memory error on one GPU could leave hanging: `auto` means 1.
+    A fixed micro_batch is used as given; `auto` probes the GPU (`largest_that_fits`). On a
+    CPU `auto` means min(4, per process). Under FSDP (`sharded`) the model only fits once it
+    is sharded, and a probe there would run collectives that an out-of-memory error on one
+    GPU could leave hanging: `auto` means 1.
     """
     wanted, checkpointing = params.train.micro_batch, params.train.gradient_checkpointing
     if checkpointing is True:
@@ -136,13 +135,24 @@ def choose_micro_batch(model, rows, params, per_process: int, device: torch.devi
         return 1, checkpointing is True
     if device.type != "cuda":
         return next(m for m in candidates if m <= 4), checkpointing is True
+    return largest_that_fits(model, rows, candidates, checkpointing, device)
+
+
+def largest_that_fits(model, rows, candidates: list[int], checkpointing: bool | str, device) -> tuple[int, bool]:
+    """Try the candidate micro-batches (divisors of the per-process batch), largest first.
+    With checkpointing `auto`, it is switched on (slower: activations are recomputed) only
+    when not even one row fits without it."""
     for use_checkpointing in ([checkpointing is True] if checkpointing != "auto" else [False, True]):
         if use_checkpointing:
             modeling.enable_gradient_checkpointing(model)
         for micro_batch in candidates:
             if fits(model, rows, micro_batch, device):
                 return micro_batch, use_checkpointing
-    raise RuntimeError("not even one row fits in GPU memory: lower data.max_length, or use model.method=qlora")
+    raise ConfigError(
+        f"not even one row of data.max_length={rows['input_ids'].shape[1]} tokens fits in GPU memory"
+        f"{'' if checkpointing is not False else ' without gradient checkpointing'}: lower data.max_length"
+        f"{', set train.gradient_checkpointing=auto' if checkpointing is False else ''}, or use model.method=qlora"
+    )
 
 
 def agree_on_micro_batch(micro_batch: int, checkpointing: bool, model, device) -> tuple[int, bool]:
