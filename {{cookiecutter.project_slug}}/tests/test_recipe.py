@@ -192,6 +192,14 @@ def test_the_micro_batch_probe_backs_off_and_checkpoints_only_when_nothing_else_
         probe(0, 0)
 
 
+def test_liger_kernels_are_never_claimed_where_they_cannot_run(make_params):
+    model = modeling.load_base_model(make_params(), torch.device("cpu"))
+    assert modeling.apply_liger_kernels(model, "auto", torch.device("cpu")) is False
+    assert modeling.apply_liger_kernels(model, False, torch.device("cuda")) is False
+    with pytest.raises(ConfigError, match="train.liger_kernels=true: Liger's Triton kernels need a GPU"):
+        modeling.apply_liger_kernels(model, True, torch.device("cpu"))
+
+
 def test_flops_per_token_follow_the_lora_convention():
     # 4N for a frozen base, plus causal attention 6 * layers * hidden * context.
     assert perf.flops_per_token(n_matmul=1000, layers=2, hidden=8, context=10) == 4000 + 960

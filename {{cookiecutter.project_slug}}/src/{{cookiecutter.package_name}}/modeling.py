@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from .config import ConfigError
+
 
 def resolve_device(requested: str = "auto") -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
@@ -90,15 +92,23 @@ def load_base_model(params, device: torch.device, quantize: bool | None = None, 
 def apply_liger_kernels(model, setting: bool | str, device: torch.device) -> bool:
     """Fused Triton kernels (RMSNorm, SwiGLU, RoPE, linear cross-entropy) when available.
 
-    `auto` uses them on a GPU when liger-kernel is installed and supports the model.
+    `auto` uses them on a GPU when liger-kernel is installed; `true` insists (and says why
+    it cannot); `false` never.
     """
     if setting is False or (setting == "auto" and device.type != "cuda"):
         return False
+    if device.type != "cuda":
+        raise ConfigError("train.liger_kernels=true: Liger's Triton kernels need a GPU; use auto or false on a CPU")
     try:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
-    except ImportError:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError as err:
         if setting is True:
-            raise
+            raise ConfigError("train.liger_kernels=true: liger-kernel is not installed (pip install liger-kernel)") from err
+        return False
+    if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:  # Liger would skip it silently
+        if setting is True:
+            raise ConfigError(f"train.liger_kernels=true: Liger has no kernels for model type {model.config.model_type!r}")
         return False
     _apply_liger_kernel_to_instance(model=model)
     return True
