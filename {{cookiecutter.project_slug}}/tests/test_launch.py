@@ -320,23 +320,31 @@ def wait_until(condition, timeout=180.0) -> None:
         time.sleep(0.02)
 
 
-def test_local_run_recovers_from_kill_and_sigterm_like_a_managed_job(tmp_path, tiny_model_dir, sample_data, no_ci_env):
-    """The task's real run section trains the tiny model; SIGKILL (a hard preemption), then
-    SIGTERM (a spot notice: checkpoint, exit 75), then a run to the end. Each rerun resumes
-    from the checkpoints in <root>/<SKYPILOT_TASK_ID>, and it stays one MLflow run."""
-    root, task_id, steps = tmp_path / "bucket", "recovery-test", 12
+def local_launch(tmp_path, tiny_model_dir, sample_data, steps: int, *launch_args: str):
+    """`launch --backend local` of the tiny model: returns start(log_name) -> Popen, and the
+    task's checkpoint folder."""
+    root, task_id = tmp_path / "bucket", "recovery-test"
     sets = [*smoke_overrides(load_params(PARAMS)), f"model.base={tiny_model_dir}", f"data.path={sample_data}",
             f"data.prepared_dir={tmp_path / 'prepared'}", f"train.max_steps={steps}", "checkpoint.every_steps=2",
             "eval.generations=0"]
     argv = [sys.executable, "-m", f"{PACKAGE}.launch", "--backend", "local", "--checkpoint-root", str(root),
-            "--task-id", task_id, "--env", f"MLFLOW_TRACKING_URI=sqlite:///{tmp_path / 'mlflow.db'}",
+            "--task-id", task_id, "--env", f"MLFLOW_TRACKING_URI=sqlite:///{tmp_path / 'mlflow.db'}", *launch_args,
             *[arg for s in sets for arg in ("--set", s)]]
     env = {**os.environ, "TRAIN_SAMPLE_LOG": str(tmp_path / "samples.log"), "CUDA_VISIBLE_DEVICES": ""}
-    task_dir = root / task_id
 
     def start(log_name: str) -> subprocess.Popen:
         log = (tmp_path / log_name).open("w")
         return subprocess.Popen(argv, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    return start, root / task_id
+
+
+def test_local_run_recovers_from_kill_and_sigterm_like_a_managed_job(tmp_path, tiny_model_dir, sample_data, no_ci_env):
+    """The task's real run section trains the tiny model; SIGKILL (a hard preemption), then
+    SIGTERM (a spot notice: checkpoint, exit 75), then a run to the end. Each rerun resumes
+    from the checkpoints in <root>/<SKYPILOT_TASK_ID>, and it stays one MLflow run."""
+    steps = 12
+    start, task_dir = local_launch(tmp_path, tiny_model_dir, sample_data, steps)
 
     # 1. Hard preemption: everything dies at once, right after a checkpoint.
     first = start("run1.log")
@@ -369,3 +377,23 @@ def test_local_run_recovers_from_kill_and_sigterm_like_a_managed_job(tmp_path, t
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         runs = db.execute("select count(*) from runs where lifecycle_stage = 'active'").fetchone()[0]
     assert runs == 1  # three segments, one MLflow run
+
+
+def test_a_several_gpu_run_still_exits_75_after_a_spot_notice(tmp_path, tiny_model_dir, sample_data, no_ci_env):
+    """With 2 "GPUs" the run section starts 2 processes through `accelerate launch` (CPU, gloo),
+    which reports any failure as 1: the trainer's own 75 must still reach SkyPilot, or a spot
+    notice would count as an error. Then the rerun resumes and finishes."""
+    steps = 40
+    start, task_dir = local_launch(tmp_path, tiny_model_dir, sample_data, steps, "--gpus", "2")
+    run = start("run1.log")
+    wait_until(lambda: checkpoint_steps(task_dir) or run.poll() is not None)
+    assert run.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == 75, (tmp_path / "run1.log").read_text()[-3000:]
+    log = (tmp_path / "run1.log").read_text()
+    assert "2 processes" in log and "interrupted: stopped by signal" in log
+
+    rerun = start("run2.log")
+    assert rerun.wait(timeout=300) == 0, (tmp_path / "run2.log").read_text()[-3000:]
+    starts = [int(line.split()[1]) for line in (tmp_path / "samples.log").read_text().splitlines() if line.startswith("start ")]
+    assert starts[0] == 0 and 0 < starts[1] < steps, starts

@@ -13,6 +13,7 @@ Exit codes (documented in the README; SkyPilot recovery and retry loops act on t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -183,6 +184,15 @@ def quiet_library_noise() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = run_command(argv)
+    # Launchers (accelerate, torchrun) report any failed process as exit 1. A multi-GPU run
+    # script reads the real code from here: 75 (stopped by a spot notice) means "retry".
+    if os.environ.get("EXIT_CODE_FILE"):
+        Path(os.environ["EXIT_CODE_FILE"]).write_text(f"{code}\n")
+    return code
+
+
+def run_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     quiet_library_noise()
     try:
