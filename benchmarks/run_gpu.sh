@@ -19,21 +19,49 @@ PY="${PY:-$default_py}"
 if [ "$smoke" -eq 0 ]; then
   "$PY" -m pip install --quiet --no-index --find-links carry/wheels pydantic bitsandbytes liger-kernel || true
 fi
+# What RESULTS.md must state: GPU, driver and library versions.
+"$PY" - > "$OUT/environment.json" <<'PYTHON'
+import importlib.metadata as md, json, platform, torch
+versions = {}
+for name in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "liger-kernel", "triton", "flash-attn"):
+    try:
+        versions[name] = md.version(name)
+    except md.PackageNotFoundError:
+        versions[name] = None
+gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+print(json.dumps({"gpu": gpu, "cuda": torch.version.cuda, "python": platform.python_version(), **versions}))
+PYTHON
+cat "$OUT/environment.json"
 export PYTHONPATH="$PWD/carry/bench-project/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PARAMS="carry/bench-project/params.yaml"
 
+# The GPU machine is lent for minutes: every case gets at most what is left of BUDGET_S,
+# so a slow case cannot eat the time of the ones after it (and the table is always printed).
+deadline=$((SECONDS + ${BUDGET_S:-540}))
+time_left() {  # the case's own limit, or what is left of the budget if less; 0 = skip
+  local left=$((deadline - SECONDS))
+  if [ "$left" -lt 20 ]; then echo 0; elif [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
+}
+skipped() {
+  echo "{\"case\": \"$1\", \"error\": \"skipped: the time budget (BUDGET_S) ran out\"}" >> "$results"
+}
+
 case_run() {  # limit_s, name, command...
-  local limit="$1" name="$2"
+  local limit name="$2"
+  limit="$(time_left "$1")"
   shift 2
-  echo "== $name"
+  [ "$limit" -eq 0 ] && { skipped "$name"; return; }
+  echo "== $name (at most ${limit} s)"
   timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | grep '^RESULT ' | sed 's/^RESULT //' >> "$results" \
     || echo "{\"case\": \"$name\", \"error\": \"failed or timed out, see $name.log\"}" >> "$results"
 }
 
 anchor_run() {  # limit_s, name, anchor arguments...: its --out JSON, appended as records
-  local limit="$1" name="$2"
+  local limit name="$2"
+  limit="$(time_left "$1")"
   shift 2
-  echo "== $name"
+  [ "$limit" -eq 0 ] && { skipped "$name"; return; }
+  echo "== $name (at most ${limit} s)"
   timeout "$limit" "$PY" carry/anchor_lora.py "$@" --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
   "$PY" -c 'import json, sys
 for r in json.load(open(sys.argv[1])):

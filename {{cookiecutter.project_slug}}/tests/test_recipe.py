@@ -1,4 +1,4 @@
-"""Recipe features on the tiny model: QLoRA, DoRA, 8-bit AdamW, DDP, merge, generations."""
+"""Recipe features on the tiny model: QLoRA, DoRA, 8-bit AdamW, DDP, FSDP, merge, generations."""
 
 import json
 import sys
@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from {{ cookiecutter.package_name }} import data, modeling, perf
+from {{ cookiecutter.package_name }}.config import ConfigError
 from {{ cookiecutter.package_name }}.evaluate import evaluate
 from {{ cookiecutter.package_name }}.merge import merge
-from {{ cookiecutter.package_name }}.config import ConfigError
 from {{ cookiecutter.package_name }}.train import choose_micro_batch, largest_that_fits, train
 
 quiet = {"log": lambda *_: None}

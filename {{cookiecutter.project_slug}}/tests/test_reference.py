@@ -66,11 +66,11 @@ def test_loss_curve_matches_hf_trainer_with_peft_far_inside_seed_noise(make_para
 
     reference = reference_curve(ours)
     assert len(reference) == len(curve) == STEPS
-    largest_gap = max(abs(a - b) for a, b in zip(curve, reference))
+    largest_gap = max(abs(a - b) for a, b in zip(curve, reference, strict=True))
 
     other_seed = make_params(*common, "train.seed=1", f"train.output_dir={tmp_path / 'seed1'}", f"checkpoint.dir={tmp_path / 'ck1'}")
     train(other_seed, log=lambda *_: None)
-    seed_noise = sum(abs(a - b) for a, b in zip(curve, loss_curve(tmp_path / "seed1"))) / STEPS
+    seed_noise = sum(abs(a - b) for a, b in zip(curve, loss_curve(tmp_path / "seed1"), strict=True)) / STEPS
 
     assert curve[-1] < curve[0] - 0.5  # it learned
     assert seed_noise > 0.01

@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 
 from . import checkpoints, data, modeling, perf
-from .config import ConfigError
 from .atomic import atomic_dir
+from .config import ConfigError
 from .cost import CostMeter
 from .tracking import Tracker
 
