@@ -73,7 +73,8 @@ def test_packing_pads_with_unlabelled_tokens():
     assert packed.stats["packing_efficiency"] == 0.5
 
 
-def test_packed_logits_equal_per_sequence_logits(tiny_model_dir, tokenizer):
+@pytest.mark.parametrize("attention", ["sdpa", "flex_attention", "eager"])
+def test_packed_logits_equal_per_sequence_logits(tiny_model_dir, tokenizer, attention):
     """Packed examples must not attend to each other: same logits as run one by one.
 
     transformers only derives the block-diagonal mask from position ids when there is no
@@ -81,7 +82,7 @@ def test_packed_logits_equal_per_sequence_logits(tiny_model_dir, tokenizer):
     """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention).eval()
     texts = ["Where is my invoice?", "Reset my password please, it expired yesterday.", "Thanks!"]
     examples = [(tokenizer(t)["input_ids"], tokenizer(t)["input_ids"]) for t in texts]
     packed = data.pack(examples, max_length=64, pad_id=tokenizer.pad_token_id)

@@ -165,7 +165,7 @@ def register(commands) -> None:
     sub.add_argument("--micro-batch", default="auto")
     sub.add_argument("--checkpointing", default="auto", choices=["auto", "true", "false"])
     sub.add_argument("--liger", default="auto", choices=["auto", "true", "false"])
-    sub.add_argument("--attention", default="auto", choices=["auto", "flash_attention_2", "sdpa", "eager"])
+    sub.add_argument("--attention", default="auto", choices=["auto", "flash_attention_2", "flex_attention", "sdpa", "eager"])
     sub.add_argument("--price-usd-per-hour", type=float, default=0.0)
     sub.add_argument("--variant", help="name of the record's variant (default ours_<method>)")
 
