@@ -80,6 +80,11 @@ else
   anchor_run 200 anchor-8b --models 8b --variants hf_recipe,hf_qlora
   case_run 200 ours-8b "$PY" -m bench_project bench --params "$PARAMS" --shape 8b --seq 2048 --steps 8 --global-batch 16
   case_run 200 ours-8b-qlora "$PY" -m bench_project bench --params "$PARAMS" --shape 8b --method qlora --seq 2048 --steps 6 --global-batch 8
+  # Levers, one at a time against ours-1b, while the budget lasts (skipped cases are listed).
+  case_run 120 ours-1b-flex "$PY" -m bench_project bench --params "$PARAMS" --shape 1b --seq 2048 --steps 10 --global-batch 16 \
+    --attention flex_attention --variant ours_lora_flex
+  case_run 120 ours-1b-no-liger "$PY" -m bench_project bench --params "$PARAMS" --shape 1b --seq 2048 --steps 10 --global-batch 16 \
+    --liger false --variant ours_lora_no_liger
 fi
 
 "$PY" - "$results" <<'PYTHON'
