@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,6 +127,20 @@ def test_fsdp_refuses_qlora_and_a_batch_it_cannot_split(make_params):
     assert "{{ cookiecutter.package_name }}/" not in result.stderr  # no traceback through our code
     result = run_two_processes("ddp", *cli_overrides(params, **{"train.global_batch": 7, "train.micro_batch": "auto"}))
     assert "error: train.global_batch=7 is not a multiple of the 2 processes" in result.stderr and "exitcode  : 2" in result.stderr
+
+
+@pytest.mark.parametrize("method, optimizer", [("qlora", "adamw_8bit"), ("dora", "paged_adamw_8bit")])
+def test_every_method_and_optimizer_resumes_to_the_same_adapter(make_params, tmp_path, method, optimizer):
+    """Checkpoints hold what each method trains (LoRA on a 4-bit base, DoRA's magnitudes) and
+    each optimizer's state (bitsandbytes' 8-bit ones too): resuming half-way changes nothing."""
+    common = [*SAME_UPDATE, f"model.method={method}", f"train.optimizer={optimizer}", "checkpoint.every_steps=2", "checkpoint.keep=2"]
+    whole = make_params(*common)
+    data.prepare(whole, **quiet)
+    train(whole, **quiet)
+    [halfway] = Path(whole.checkpoint.dir).glob("*/step-00000002")
+    resumed = make_params(*common, f"train.output_dir={tmp_path / 'resumed'}", f"checkpoint.dir={tmp_path / 'elsewhere'}")
+    train(resumed, resume=str(halfway), **quiet)
+    assert_same_adapter(f"{whole.train.output_dir}/adapter", tmp_path / "resumed/adapter", atol=0)
 
 
 def test_merged_model_gives_the_adapter_logits_and_generations_are_saved(make_params, tmp_path):
