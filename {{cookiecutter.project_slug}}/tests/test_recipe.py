@@ -118,6 +118,19 @@ def test_fsdp_shards_trains_like_one_process_and_its_checkpoints_resume_anywhere
     assert_same_adapter(expected, tmp_path / "one-resumed/adapter")
 
 
+def test_fsdp_in_bf16_mixed_precision_trains_like_one_process(make_params, tmp_path):
+    """The GPU setting: a bf16 base under accelerate's FSDP mixed precision (fp32 adapter
+    master weights). Same update as one process up to bf16 rounding."""
+    single = make_params(*SAME_UPDATE, "model.dtype=bfloat16")
+    data.prepare(single, **quiet)
+    train(single, **quiet)
+    result = run_two_processes("fsdp", *cli_overrides(single, **{"train.output_dir": tmp_path / "fsdp"}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    adapter = load_file(tmp_path / "fsdp/adapter/adapter_model.safetensors")
+    assert {w.dtype for w in adapter.values()} == {torch.float32}
+    assert_same_adapter(f"{single.train.output_dir}/adapter", tmp_path / "fsdp/adapter", atol=5e-3)
+
+
 def test_fsdp_refuses_qlora_and_a_batch_it_cannot_split(make_params):
     """Refusals come before any model is loaded, as one line naming the setting, exit code 2
     (accelerate's launcher then reports the failed processes with a traceback of its own)."""

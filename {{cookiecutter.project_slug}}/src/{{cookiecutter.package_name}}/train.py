@@ -256,8 +256,9 @@ def check_distributed_type(accelerator, params) -> bool:
     sharded = accelerator.distributed_type == DistributedType.FSDP
     if sharded and params.model.method == "qlora":
         raise ConfigError(
-            "model.method=qlora with FSDP: the 4-bit base cannot be sharded and would be copied to every GPU; "
-            "use configs/accelerate/ddp.yaml, or model.method=lora with fsdp.yaml"
+            "model.method=qlora with FSDP is not supported: the 4-bit base would be loaded whole on every GPU "
+            "before being sharded; use configs/accelerate/ddp.yaml (a 4-bit base fits on one GPU), "
+            "or model.method=lora with fsdp.yaml"
         )
     return sharded
 
