@@ -128,7 +128,12 @@ def test_fsdp_in_bf16_mixed_precision_trains_like_one_process(make_params, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     adapter = load_file(tmp_path / "fsdp/adapter/adapter_model.safetensors")
     assert {w.dtype for w in adapter.values()} == {torch.float32}
-    assert_same_adapter(f"{single.train.output_dir}/adapter", tmp_path / "fsdp/adapter", atol=5e-3)
+    # What training changed (lora_B starts at zero) agrees to within bf16 rounding.
+    one = load_file(f"{single.train.output_dir}/adapter/adapter_model.safetensors")
+    learned = [key for key in one if "lora_B" in key]
+    gap = sum(float((one[k] - adapter[k]).norm() ** 2) for k in learned) ** 0.5
+    size = sum(float(one[k].norm() ** 2) for k in learned) ** 0.5
+    assert size > 0.1 and gap / size < 0.03, (gap, size)
 
 
 def test_fsdp_refuses_qlora_and_a_batch_it_cannot_split(make_params):
