@@ -25,6 +25,16 @@ def _quiet_offline_env(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one state per process (precision, device) and refuses a change; a
+    real run is one process, so every test starts as a new one would."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def sample_data(tmp_path_factory) -> Path:
     """The project's sample dataset, regenerated if `dvc pull` has not been run."""
