@@ -272,6 +272,20 @@ def test_user_price_is_the_last_resort(make_params, tmp_path, monkeypatch):
         plan.check_budget(no_prices, params)
 
 
+def test_a_run_no_single_gpu_holds_points_to_qlora_and_fsdp(make_params, catalog):
+    params = make_params("model.base=meta-llama/Llama-3.1-70B", "model.method=lora")
+    result = plan.make_plan(params)
+    assert not any(entry["fits"] for entry in result["gpus"])
+    with pytest.raises(ConfigError) as refused:
+        plan.check_budget(result, params)
+    message = str(refused.value)
+    assert message.startswith("no single GPU can hold this run (H200, the largest: needs ~")
+    assert "model.method=qlora" in message and "configs/accelerate/fsdp.yaml" in message
+    assert message.count("needs ~") == 1  # one reason, not one per GPU
+    qlora = make_params("model.base=meta-llama/Llama-3.1-70B", "model.method=qlora")
+    assert plan.check_budget(plan.make_plan(qlora), qlora) > 0  # the advice holds: QLoRA fits a GPU
+
+
 # ================================================================ sky/train.yaml --write
 
 

@@ -638,6 +638,13 @@ def check_budget(plan: dict | Params, params: Params | None = None) -> float:
         params, plan = plan, make_plan(plan)
     cheapest = plan["cheapest"]
     if cheapest is None:
+        if plan["gpus"] and not any(entry["fits"] for entry in plan["gpus"]):
+            largest = max(plan["gpus"], key=lambda entry: entry["usable_gib"])
+            raise ConfigError(
+                f"no single GPU can hold this run ({largest['gpu']}, the largest: {largest['reason']}); use "
+                "model.method=qlora or a smaller data.max_length, or shard the base over several GPUs with "
+                "configs/accelerate/fsdp.yaml (this planner plans one GPU)"
+            )
         reasons = "; ".join(f"{e['gpu']}: {e['reason']}" for e in plan["excluded"]) or "no prices"
         raise ConfigError(f"no GPU can run this plan ({reasons})")
     budget = params.budget.max_run_usd
