@@ -45,7 +45,7 @@ from typing import Any
 import yaml
 
 from . import skytask
-from .config import ConfigError, load_params
+from .config import ConfigError, load_params, multi_gpu_problem
 
 DEFAULT_TASK = "sky/train.yaml"
 DEFAULT_CHECKPOINT_ROOT = ".cache/checkpoints"
@@ -126,6 +126,24 @@ def train_overrides(base: str, sets: list[str]) -> str:
     return " ".join([*base.split(), *(arg for s in sets for arg in ("--set", s))])
 
 
+def check_accelerate_config(name: str, params, workdir: Path) -> None:
+    """The launch config the task uses on machines with several GPUs must exist and suit the
+    method: better found here than on a VM that is already being paid for."""
+    if not name:
+        return
+    path = workdir / name
+    if not path.is_file():
+        choices = ", ".join(str(p.relative_to(workdir)) for p in sorted((workdir / "configs" / "accelerate").glob("*.yaml")))
+        raise ConfigError(f"ACCELERATE_CONFIG={name!r}: no such file (choose one of: {choices})")
+    try:
+        distributed_type = str((yaml.safe_load(path.read_text()) or {}).get("distributed_type", ""))
+    except (yaml.YAMLError, AttributeError) as err:
+        raise ConfigError(f"ACCELERATE_CONFIG={name!r}: not an accelerate config ({str(err).splitlines()[0]})") from err
+    problem = multi_gpu_problem(distributed_type, params.model.method)
+    if problem:
+        raise ConfigError(f"ACCELERATE_CONFIG={name!r}: {problem}")
+
+
 def resolve(args) -> dict[str, Any]:
     """Everything a launch needs, checked: the task, its envs, the job name, the params."""
     task_path = Path(args.task)
@@ -151,6 +169,7 @@ def resolve(args) -> dict[str, Any]:
     declared = config.get("secrets") or {}
     secrets = [key for key in declared if os.environ.get(key)]  # names only: SkyPilot reads the values itself
     resolved = dict(config, envs={**envs, **changed})
+    check_accelerate_config(resolved["envs"].get("ACCELERATE_CONFIG", ""), params, Path(resolved.get("workdir") or "."))
     return {
         "task_path": task_path,
         "config": config,

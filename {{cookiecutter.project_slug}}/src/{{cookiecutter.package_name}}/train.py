@@ -39,7 +39,7 @@ import torch
 
 from . import checkpoints, data, modeling, perf
 from .atomic import atomic_dir
-from .config import ConfigError
+from .config import ConfigError, multi_gpu_problem
 from .cost import CostMeter
 from .tracking import Tracker
 
@@ -243,24 +243,13 @@ class Session:
 
 
 def check_distributed_type(accelerator, params) -> bool:
-    """True under FSDP. DeepSpeed is refused: its ZeRO stages 1-2 shard only what is trained
-    (the adapter: a few hundred MB at most), so for LoRA they save next to nothing over DDP,
-    while FSDP shards the frozen base model, which is what does not fit."""
+    """True under FSDP; a ConfigError for a launch config this method cannot use."""
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ConfigError(
-            "DeepSpeed is not supported: for LoRA use configs/accelerate/ddp.yaml (the base fits on one GPU) "
-            "or configs/accelerate/fsdp.yaml (it does not)"
-        )
-    sharded = accelerator.distributed_type == DistributedType.FSDP
-    if sharded and params.model.method == "qlora":
-        raise ConfigError(
-            "model.method=qlora with FSDP is not supported: the 4-bit base would be loaded whole on every GPU "
-            "before being sharded; use configs/accelerate/ddp.yaml (a 4-bit base fits on one GPU), "
-            "or model.method=lora with fsdp.yaml"
-        )
-    return sharded
+    problem = multi_gpu_problem(accelerator.distributed_type.value, params.model.method)
+    if problem:
+        raise ConfigError(problem)
+    return accelerator.distributed_type == DistributedType.FSDP
 
 
 def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | None = None) -> Session:
