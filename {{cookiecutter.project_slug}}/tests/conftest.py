@@ -74,6 +74,13 @@ def make_params(tmp_path, tiny_model_dir, sample_data):
     return lambda *overrides: smoke_params(tmp_path, tiny_model_dir, sample_data, *overrides)
 
 
+def cli_overrides(params, **changes) -> list[str]:
+    """`--set key=value` arguments that recreate `params` in another process, with changes."""
+    values = {key: value for key, value in params.flat().items() if value is not None and not isinstance(value, list)}
+    values.update(changes)
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
 def run_cli(*args: str, cwd: Path = PROJECT, **env: str) -> subprocess.CompletedProcess:
     """The CLI as a user runs it: a separate process, exit code and output captured."""
     return subprocess.run(

@@ -12,18 +12,17 @@ import pytest
 from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.tracking import Spool, sync_spools
 
-from conftest import PROJECT, MlflowServer, smoke_params
+from conftest import PROJECT, MlflowServer, cli_overrides, smoke_params
 
 STEPS = 24
 
 
 def train_args(params, tmp, name, *extra):
-    flat = {k: v for k, v in params.flat().items() if v is not None and not isinstance(v, list)}
-    flat.update({
-        "train.output_dir": str(tmp / name), "checkpoint.dir": str(tmp / f"ckpt-{name}"),
+    changes = {
+        "train.output_dir": tmp / name, "checkpoint.dir": tmp / f"ckpt-{name}",
         "train.max_steps": STEPS, "train.log_every_steps": 1, "checkpoint.every_steps": 1000,
-    })
-    return [arg for key, value in flat.items() for arg in ("--set", f"{key}={value}")] + list(extra)
+    }
+    return [*cli_overrides(params, **changes), *extra]
 
 
 def cli(*args, env=None, wait=True):

@@ -14,6 +14,8 @@ from {{ cookiecutter.package_name }}.evaluate import evaluate
 from {{ cookiecutter.package_name }}.merge import merge
 from {{ cookiecutter.package_name }}.train import choose_micro_batch, largest_that_fits, train
 
+from conftest import PROJECT, cli_overrides
+
 quiet = {"log": lambda *_: None}
 
 
@@ -41,19 +43,10 @@ def test_dora_and_8bit_adamw_train(make_params):
     assert curve[-1] < curve[0] - 0.2, curve
 
 
-def cli_overrides(params, **changes: str) -> list[str]:
-    """`--set key=value` arguments that recreate `params` in another process, with changes."""
-    values = {key: value for key, value in params.flat().items() if value is not None and not isinstance(value, list)}
-    values.update(changes)
-    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
-
-
 def run_two_processes(config: str, *args: str):
     """`accelerate launch` with one of the project's configs, two CPU processes (gloo).
     FSDP goes through tests/fsdp_on_cpu.py: accelerate enables it only on GPUs."""
     import subprocess
-
-    from conftest import PROJECT
 
     entry = ["tests/fsdp_on_cpu.py"] if config == "fsdp" else ["-m", "{{ cookiecutter.package_name }}"]
     return subprocess.run(

@@ -21,16 +21,14 @@ from safetensors.torch import load_file
 
 from {{ cookiecutter.package_name }} import checkpoints, data
 
-from conftest import PROJECT, run_cli, smoke_params
+from conftest import PROJECT, cli_overrides, run_cli, smoke_params
 
 STEPS = 12
 
 
 def train_command(params, output_dir: Path, *extra: str) -> list[str]:
-    flat = {k: v for k, v in params.flat().items() if v is not None and not isinstance(v, list)}
-    flat.update({"train.output_dir": str(output_dir), "train.max_steps": STEPS, "checkpoint.every_steps": 1, "checkpoint.keep": 2})
-    sets = [arg for key, value in flat.items() for arg in ("--set", f"{key}={value}")]
-    return [sys.executable, "-m", "{{ cookiecutter.package_name }}", "train", *sets, *extra]
+    changes = {"train.output_dir": output_dir, "train.max_steps": STEPS, "checkpoint.every_steps": 1, "checkpoint.keep": 2}
+    return [sys.executable, "-m", "{{ cookiecutter.package_name }}", "train", *cli_overrides(params, **changes), *extra]
 
 
 def start(command, sample_log: Path, **env) -> subprocess.Popen:

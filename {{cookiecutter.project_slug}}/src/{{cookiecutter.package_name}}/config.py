@@ -18,6 +18,13 @@ class ConfigError(ValueError):
     """Invalid parameters. The CLI prints the message and exits with code 2."""
 
 
+def yaml_error(path: str | Path, err: yaml.YAMLError) -> str:
+    """`file:line: not valid YAML (what)`, for every YAML file the project reads."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark else str(path)
+    return f"{where}: not valid YAML ({getattr(err, 'problem', err)})"
+
+
 def multi_gpu_problem(distributed_type: str, method: str) -> str | None:
     """Why an accelerate launch config (its distributed_type) cannot train this method, or None.
 
@@ -218,9 +225,7 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] = ()) -> 
     try:
         tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise ConfigError(yaml_error(path, err)) from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model:, train:, ...)")
     overridden = set()

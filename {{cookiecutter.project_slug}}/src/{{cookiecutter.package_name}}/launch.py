@@ -45,7 +45,7 @@ from typing import Any
 import yaml
 
 from . import skytask
-from .config import ConfigError, load_params, multi_gpu_problem
+from .config import ConfigError, load_params, multi_gpu_problem, yaml_error
 
 DEFAULT_TASK = "sky/train.yaml"
 DEFAULT_CHECKPOINT_ROOT = ".cache/checkpoints"
@@ -136,9 +136,10 @@ def check_accelerate_config(name: str, params, workdir: Path) -> None:
         choices = ", ".join(str(p.relative_to(workdir)) for p in sorted((workdir / "configs" / "accelerate").glob("*.yaml")))
         raise ConfigError(f"ACCELERATE_CONFIG={name!r}: no such file (choose one of: {choices})")
     try:
-        distributed_type = str((yaml.safe_load(path.read_text()) or {}).get("distributed_type", ""))
-    except (yaml.YAMLError, AttributeError) as err:
-        raise ConfigError(f"ACCELERATE_CONFIG={name!r}: not an accelerate config ({str(err).splitlines()[0]})") from err
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"ACCELERATE_CONFIG={name!r}: {yaml_error(path, err)}") from None
+    distributed_type = str(config.get("distributed_type", "")) if isinstance(config, dict) else ""
     problem = multi_gpu_problem(distributed_type, params.model.method)
     if problem:
         raise ConfigError(f"ACCELERATE_CONFIG={name!r}: {problem}")

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError
+from .config import ConfigError, yaml_error
 
 # SkyPilot 0.14's recovery strategies (JOBS_RECOVERY_STRATEGY_REGISTRY, sky/jobs/recovery_strategy.py).
 RECOVERY_STRATEGIES = ("EAGER_NEXT_REGION", "FAILOVER")
@@ -91,9 +91,7 @@ def load(path: str | Path) -> tuple[dict[str, Any], dict[tuple, int]]:
         config = yaml.load(text, Loader=_UniqueKeyLoader)
         lines = _lines(yaml.compose(text))
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise TaskError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise TaskError(yaml_error(path, err)) from None
     if not isinstance(config, dict):
         raise TaskError(f"{path}: a task file is a mapping (name:, resources:, run:, ...)")
     return config, lines

@@ -421,8 +421,9 @@ def train(params, resume: str = "auto", log=print) -> Path:
         f"{', gradient checkpointing' if s.checkpointing else ''}{', Liger kernels' if s.liger else ''}"
     )
 
-    def save_checkpoint(step: int) -> None:
-        weights = checkpoints.trainable_state(unwrapped)  # every process: FSDP gathers the shards
+    def save_checkpoint(step: int) -> dict[str, torch.Tensor]:
+        """Every process calls it (FSDP gathers the shards); returns the adapter's weights."""
+        weights = checkpoints.trainable_state(unwrapped)
         optimizer_state = checkpoints.optimizer_state(unwrapped, optimizer)
         if is_main:
             state = {
@@ -439,6 +440,7 @@ def train(params, resume: str = "auto", log=print) -> Path:
             if step > tracker.last_logged_step:
                 tracker.log(step, checkpoint_seconds=time.perf_counter() - started)
         accelerator.wait_for_everyone()
+        return weights
 
     # ------------------------------------------------------------------ train
     loss_log: list[tuple[int, float]] = [tuple(x) for x in restored.state["loss_log"]] if restored else []
@@ -507,7 +509,7 @@ def train(params, resume: str = "auto", log=print) -> Path:
                     f"cost ${meter.cost_usd:.2f} crossed budget.max_run_usd=${params.budget.max_run_usd:.2f} at step {done}; "
                     f"checkpoint saved in {run_dir}"
                 )
-        save_checkpoint(cfg.max_steps)
+        final_weights = save_checkpoint(cfg.max_steps)  # also what the adapter is saved from
         status = "FINISHED"
     finally:
         stop.restore()
@@ -519,9 +521,8 @@ def train(params, resume: str = "auto", log=print) -> Path:
 
     # ------------------------------------------------------------------ save
     adapter_dir = Path(cfg.output_dir) / "adapter"
-    weights = checkpoints.trainable_state(unwrapped)
     if is_main:
-        save_adapter(unwrapped, weights, s.tokenizer, adapter_dir)
+        save_adapter(unwrapped, final_weights, s.tokenizer, adapter_dir)
         write_loss_csv(loss_log, Path(cfg.output_dir) / "train_loss.csv")
         tracker.log_artifact(plot_loss(loss_log, Path(cfg.output_dir) / "loss.png", title=params.model.base))
         adapter_mb = sum(f.stat().st_size for f in adapter_dir.iterdir()) / 2**20
