@@ -154,6 +154,23 @@ def test_every_method_and_optimizer_resumes_to_the_same_adapter(make_params, tmp
     assert_same_adapter(f"{whole.train.output_dir}/adapter", tmp_path / "resumed/adapter", atol=0)
 
 
+def test_compiled_layers_continue_an_eager_run_to_the_same_adapter(make_params, tmp_path):
+    """train.compile=true: the decoder layers really run compiled, their updates are eager's
+    (up to fused rounding), and checkpoints are interchangeable with an eager run's."""
+    from torch._dynamo.utils import counters
+
+    common = [*SAME_UPDATE, "checkpoint.every_steps=2", "checkpoint.keep=2"]
+    eager = make_params(*common)
+    data.prepare(eager, **quiet)
+    train(eager, **quiet)
+    [halfway] = Path(eager.checkpoint.dir).glob("*/step-00000002")
+    counters.clear()
+    compiled = make_params(*common, "train.compile=true", f"train.output_dir={tmp_path / 'compiled'}")
+    train(compiled, resume=str(halfway), **quiet)
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo captured the layers
+    assert_same_adapter(f"{eager.train.output_dir}/adapter", tmp_path / "compiled/adapter", atol=1e-5)
+
+
 def test_merged_model_gives_the_adapter_logits_and_generations_are_saved(make_params, tmp_path):
     params = make_params("train.max_steps=10", "eval.generations=3", "eval.max_new_tokens=8")
     data.prepare(params, **quiet)
@@ -259,3 +276,10 @@ def test_bench_runs_the_trainer_on_a_model_shape_and_reports_a_record():
     # $3.60 per hour = $0.001 per second: dollars per million tokens follow from tokens/s.
     assert record["usd_per_million_tokens"] == pytest.approx(0.001 / record["tokens_per_s"] * 1e6)
     assert record["mfu"] is None  # no known peak FLOP/s for a CPU
+
+
+def test_bench_memory_cap_is_refused_where_there_is_no_gpu_to_cap(capsys):
+    from {{ cookiecutter.package_name }}.cli import EXIT_INVALID, run_command
+
+    assert run_command(["bench", "--shape", "tiny", "--seq", "64", "--gpu-memory-gib", "20"]) == EXIT_INVALID
+    assert "bench --gpu-memory-gib caps a GPU's memory; this run is on the CPU" in capsys.readouterr().err

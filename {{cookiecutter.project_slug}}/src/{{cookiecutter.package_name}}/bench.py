@@ -8,6 +8,10 @@ examples (lognormal, median ~350 tokens) into rows of `--seq` tokens, and runs t
 `setup` / `train_step` that `train` runs. Prints one JSON record in the reference
 benchmark's format: model, variant, tokens_per_s, mfu, peak_gib, gpu (plus micro-batch,
 checkpointing, Liger, dollars per million tokens).
+
+`--gpu-memory-gib 20` caps what this process may take of a larger GPU, so `micro_batch: auto`
+and `gradient_checkpointing: auto` choose as they would on a 24 GB card: the run either
+fits the cap or fails, and its tokens/s are those of that choice.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 import torch
 
 from . import data, perf
+from .config import ConfigError, load_params
 
 # Llama-3.2-1B and Llama-3.1-8B shapes (the reference benchmark's), and a CPU-sized one.
 SHAPES = {
@@ -91,7 +96,6 @@ def quantize_linear_layers_nf4(model, compute_dtype: torch.dtype) -> None:
 
 
 def run_bench(args) -> dict:
-    from .config import load_params
     from .modeling import resolve_device, resolve_dtype
     from .train import setup, train_step
 
@@ -99,13 +103,17 @@ def run_bench(args) -> dict:
         f"model.method={args.method}", "model.base=random", f"data.max_length={args.seq}",
         f"train.max_steps={args.warmup + args.steps}", f"train.global_batch={args.global_batch}",
         f"train.micro_batch={args.micro_batch}", f"train.gradient_checkpointing={args.checkpointing}",
-        f"train.liger_kernels={args.liger}", "lora.r=16", "lora.target_modules=all-linear", *args.set,
+        f"train.liger_kernels={args.liger}", f"train.compile={args.compile}", "lora.r=16", "lora.target_modules=all-linear", *args.set,
     ]
     params = load_params(args.params, overrides)
     device = resolve_device(params.compute.device)
     dtype = resolve_dtype(params.model.dtype, device)
+    if args.gpu_memory_gib and device.type != "cuda":
+        raise ConfigError("bench --gpu-memory-gib caps a GPU's memory; this run is on the CPU")
     attention = args.attention if args.attention != "auto" else ("flash_attention_2" if _has_flash_attn(device) else "sdpa")
     base = random_model(args.shape, device, dtype, quantize=args.method == "qlora", attention=attention)
+    if args.gpu_memory_gib:  # after building the base: its 16-bit copy before quantizing is the benchmark's, not training's
+        cap_gpu_memory(device, args.gpu_memory_gib)
     rows, mean_context = synthetic_rows(base.config.vocab_size, args.seq, (args.warmup + args.steps) * args.global_batch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -131,14 +139,24 @@ def run_bench(args) -> dict:
         "tokens_per_s": tokens_per_s,
         "mfu": tokens_per_s * session.token_flops / (peak * session.world) if peak else None,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if device.type == "cuda" else None,
+        "gpu_memory_cap_gib": args.gpu_memory_gib,
         "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "seq": args.seq, "micro_batch": session.micro_batch, "global_batch": args.global_batch,
-        "gradient_checkpointing": session.checkpointing, "liger": session.liger, "attention": attention,
+        "gradient_checkpointing": session.checkpointing, "liger": session.liger, "compile": session.compiled, "attention": attention,
         "flops_per_token": session.token_flops, "tokens": tokens, "seconds": seconds,
     }
     if args.price_usd_per_hour:
         record["usd_per_million_tokens"] = args.price_usd_per_hour / 3600 / tokens_per_s * 1e6
     return record
+
+
+def cap_gpu_memory(device: torch.device, gib: float) -> None:
+    """Let PyTorch's allocator hold at most `gib` of this GPU (it raises out-of-memory beyond)."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    if gib * 2**30 > total:
+        raise ConfigError(f"bench --gpu-memory-gib {gib}: this GPU has only {total / 2**30:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(gib * 2**30 / total, device)
 
 
 def _has_flash_attn(device: torch.device) -> bool:
@@ -165,7 +183,9 @@ def register(commands) -> None:
     sub.add_argument("--micro-batch", default="auto")
     sub.add_argument("--checkpointing", default="auto", choices=["auto", "true", "false"])
     sub.add_argument("--liger", default="auto", choices=["auto", "true", "false"])
+    sub.add_argument("--compile", default="false", choices=["true", "false"], help="torch.compile the decoder layers")
     sub.add_argument("--attention", default="auto", choices=["auto", "flash_attention_2", "flex_attention", "sdpa", "eager"])
+    sub.add_argument("--gpu-memory-gib", type=float, help="use at most this much GPU memory, as on a smaller card")
     sub.add_argument("--price-usd-per-hour", type=float, default=0.0)
     sub.add_argument("--variant", help="name of the record's variant (default ours_<method>)")
 

@@ -85,6 +85,7 @@ class TrainParams(_Section):
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
     gradient_checkpointing: bool | Literal["auto"] = "auto"  # auto: only when needed to fit
     liger_kernels: bool | Literal["auto"] = "auto"  # auto: when installed, on a GPU
+    compile: bool = False  # torch.compile each decoder layer (compiles once, at the start)
     seed: int = 42
     log_every_steps: int = Field(10, gt=0)
     output_dir: str = "outputs"

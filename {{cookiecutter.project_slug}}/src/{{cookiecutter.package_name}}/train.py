@@ -13,6 +13,7 @@ Features
   hold whole tensors, so a run may resume on another number of GPUs;
 - `micro_batch: auto` finds the largest micro-batch that fits, gradient checkpointing
   only when nothing fits without it, Liger fused kernels when installed;
+- optional regional torch.compile of the decoder layers (`train.compile`);
 - AdamW (fused on GPU) or 8-bit / paged 8-bit AdamW from bitsandbytes;
 - checkpoints every N steps / M minutes, on SIGTERM or SIGINT (a spot notice, Ctrl-C) and
   at the end; `resume="auto"` continues from the newest valid one, bitwise as if never
@@ -85,7 +86,12 @@ def rows_for_step(step: int, global_batch: int, n_rows: int, seed: int) -> list[
 
 
 def to_device(rows: dict[str, torch.Tensor], index, device) -> dict[str, torch.Tensor]:
-    return {key: rows[key][index].long().to(device, non_blocking=True) for key in BATCH_KEYS}
+    batch = {key: rows[key][index].long() for key in BATCH_KEYS}
+    if device.type == "cuda":
+        # A copy from pageable memory first waits for the GPU to finish its queue; from
+        # pinned memory it does not, so the CPU goes on queueing the next micro-batch.
+        batch = {key: value.pin_memory() for key, value in batch.items()}
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
 def make_optimizer(name: str, parameters, lr: float, weight_decay: float, device: torch.device):
@@ -219,6 +225,7 @@ class Session:
     checkpointing: bool
     sharded: bool  # FSDP: every process holds a shard of the weights
     liger: bool
+    compiled: bool  # torch.compile'd decoder layers
     dtype: torch.dtype
     token_flops: float
     trainable: int
@@ -296,11 +303,14 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
     scheduler = learning_rate_schedule(optimizer, params)
     # FSDP replaces the parameters by sharded ones (and points the optimizer at them).
     model, optimizer = accelerator.prepare(model, optimizer)
+    # After the micro-batch probe (which measures eager memory) and after FSDP's wrapping.
+    if cfg.compile and not modeling.compile_decoder_layers(accelerator.unwrap_model(model)):
+        raise ConfigError(f"train.compile=true: no decoder layers to compile were found in model type {base.config.model_type!r}")
     config = base.config
     return Session(
         params=params, accelerator=accelerator, model=model, base_config=config, tokenizer=tokenizer,
         optimizer=optimizer, scheduler=scheduler, rows=rows, micro_batch=micro_batch,
-        accumulation=per_process // micro_batch, checkpointing=checkpointing, sharded=sharded, liger=liger, dtype=dtype,
+        accumulation=per_process // micro_batch, checkpointing=checkpointing, sharded=sharded, liger=liger, compiled=cfg.compile, dtype=dtype,
         token_flops=perf.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, mean_context or 0.0),
         trainable=trainable, total=total, summary=summary,
     )
@@ -413,12 +423,13 @@ def train(params, resume: str = "auto", log=print) -> Path:
             "trainable_parameters": s.trainable, "total_parameters": s.total, "processes": world,
             "resolved.micro_batch": s.micro_batch, "resolved.accumulation": s.accumulation,
             "resolved.gradient_checkpointing": s.checkpointing, "resolved.liger_kernels": s.liger,
+            "resolved.compile": s.compiled,
             "resolved.dtype": str(s.dtype).removeprefix("torch."), "flops_per_token": int(s.token_flops),
         })
     log(
         f"training {s.trainable:,} of {s.total:,} parameters ({params.model.method}) on {world}x {device.type}{' (FSDP)' if s.sharded else ''}; "
         f"{n_rows} rows, global batch {cfg.global_batch} = {s.micro_batch} x {s.accumulation} accumulation x {world} processes"
-        f"{', gradient checkpointing' if s.checkpointing else ''}{', Liger kernels' if s.liger else ''}"
+        f"{', gradient checkpointing' if s.checkpointing else ''}{', Liger kernels' if s.liger else ''}{', compiled layers' if s.compiled else ''}"
     )
 
     def save_checkpoint(step: int) -> dict[str, torch.Tensor]:
