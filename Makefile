@@ -35,7 +35,7 @@ test: install $(SKY_VENV)/.installed  ## the template's tests: bake matrix, hook
 	SKY_PYTHON=$(CURDIR)/$(SKY_VENV)/bin/python $(PY) -m pytest tests
 
 lint: install
-	$(PY) -m ruff check hooks tests
+	$(PY) -m ruff check hooks tests benchmarks
 
 clean:
 	rm -rf build

@@ -87,7 +87,11 @@ else
   # As on a 24 GB card: the allocator may hold 20 GiB, and micro_batch / checkpointing `auto` choose within that.
   case_run 200 ours-8b-qlora "$PY" -m bench_project bench --params "$PARAMS" --shape 8b --method qlora --seq 2048 --steps 6 --global-batch 8 \
     --gpu-memory-gib 20
-  # Levers, one at a time against ours-1b, while the budget lasts (skipped cases are listed).
+  # Levers, one at a time against ours-1b / ours-8b, while the budget lasts (skipped cases are listed).
+  case_run 120 ours-1b-varlen "$PY" -m bench_project bench --params "$PARAMS" --shape 1b --seq 2048 --steps 10 --global-batch 16 \
+    --attention varlen --variant ours_lora_varlen
+  case_run 200 ours-8b-varlen "$PY" -m bench_project bench --params "$PARAMS" --shape 8b --seq 2048 --steps 8 --global-batch 16 \
+    --attention varlen --variant ours_lora_varlen
   case_run 150 ours-1b-compile "$PY" -m bench_project bench --params "$PARAMS" --shape 1b --seq 2048 --steps 10 --global-batch 16 \
     --compile true --variant ours_lora_compile
   case_run 120 ours-1b-flex "$PY" -m bench_project bench --params "$PARAMS" --shape 1b --seq 2048 --steps 10 --global-batch 16 \
@@ -96,37 +100,4 @@ else
     --liger false --variant ours_lora_no_liger
 fi
 
-"$PY" - "$results" <<'PYTHON'
-import json, sys
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-print(f"\n{'model':6} {'variant':16} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}")
-for r in rows:
-    if "error" in r:
-        print(f"{r.get('case', '?'):23} ERROR {r['error']}")
-        continue
-    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
-    peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") else "-"
-    print(f"{r['model']:6} {r['variant']:16} {r['tokens_per_s']:10.0f} {mfu:>7} {peak:>9}")
-
-# The targets, from the records above (a missing record is said, never guessed).
-got = {(r["model"], r["variant"]): r for r in rows if "error" not in r}
-def ratio(model, ours, reference, target):
-    a, b = got.get((model, ours)), got.get((model, reference))
-    if not (a and b):
-        return f"{model} {ours} / {reference}: not measured (a record is missing)"
-    x = a["tokens_per_s"] / b["tokens_per_s"]
-    verdict = f"target >= {target}x: {'met' if x >= target else 'NOT met'}" if target else "plumbing check, no target"
-    return f"{model} {ours} / {reference}: {x:.2f}x ({verdict})"
-print()
-for model, ours, reference, target in (("1b", "ours_lora", "hf_recipe", 3), ("8b", "ours_lora", "hf_recipe", 2),
-                                       ("tiny", "ours_lora", "hf_recipe", None)):
-    if any(m == model for m, _ in got):
-        print(ratio(model, ours, reference, target))
-if ("8b", "ours_lora") in got and got["8b", "ours_lora"].get("mfu"):
-    mfu = got["8b", "ours_lora"]["mfu"]
-    print(f"8b ours_lora MFU: {100 * mfu:.1f}% (target >= 50%: {'met' if mfu >= 0.5 else 'NOT met'})")
-if ("8b", "ours_qlora") in got:
-    r = got["8b", "ours_qlora"]
-    print(f"8b ours_qlora peak: {r['peak_gib']:.1f} GiB allocated, {r['peak_reserved_gib']:.1f} GiB reserved "
-          f"(target <= 20 GiB: {'met' if r['peak_reserved_gib'] <= 20 else 'NOT met'})")
-PYTHON
+"$PY" table.py "$results"

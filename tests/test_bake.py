@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from configobj import ConfigObj
+
 from conftest import CONTEXT, TEMPLATE, VENV_BIN, bake, bake_cli, dvc_executable
 
 DATASET = "data/raw/support.jsonl"

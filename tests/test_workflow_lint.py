@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import TEMPLATE, VENV_BIN, bake
 
 NODE_DIR = TEMPLATE / ".ci/node"

@@ -103,7 +103,8 @@ def run_bench(args) -> dict:
         f"model.method={args.method}", "model.base=random", f"data.max_length={args.seq}",
         f"train.max_steps={args.warmup + args.steps}", f"train.global_batch={args.global_batch}",
         f"train.micro_batch={args.micro_batch}", f"train.gradient_checkpointing={args.checkpointing}",
-        f"train.liger_kernels={args.liger}", f"train.compile={args.compile}", "lora.r=16", "lora.target_modules=all-linear", *args.set,
+        f"train.liger_kernels={args.liger}", f"train.compile={args.compile}", "lora.r=16", "lora.target_modules=all-linear",
+        *(["model.attn_implementation=varlen"] if args.attention == "varlen" else []), *args.set,
     ]
     params = load_params(args.params, overrides)
     device = resolve_device(params.compute.device)
@@ -111,7 +112,9 @@ def run_bench(args) -> dict:
     if args.gpu_memory_gib and device.type != "cuda":
         raise ConfigError("bench --gpu-memory-gib caps a GPU's memory; this run is on the CPU")
     attention = args.attention if args.attention != "auto" else ("flash_attention_2" if _has_flash_attn(device) else "sdpa")
-    base = random_model(args.shape, device, dtype, quantize=args.method == "qlora", attention=attention)
+    # varlen: built with SDPA, switched by `setup` as in training.
+    base = random_model(args.shape, device, dtype, quantize=args.method == "qlora",
+                        attention="sdpa" if attention == "varlen" else attention)
     if args.gpu_memory_gib:  # after building the base: its 16-bit copy before quantizing is the benchmark's, not training's
         cap_gpu_memory(device, args.gpu_memory_gib)
     rows, mean_context = synthetic_rows(base.config.vocab_size, args.seq, (args.warmup + args.steps) * args.global_batch)
@@ -184,7 +187,7 @@ def register(commands) -> None:
     sub.add_argument("--checkpointing", default="auto", choices=["auto", "true", "false"])
     sub.add_argument("--liger", default="auto", choices=["auto", "true", "false"])
     sub.add_argument("--compile", default="false", choices=["true", "false"], help="torch.compile the decoder layers")
-    sub.add_argument("--attention", default="auto", choices=["auto", "flash_attention_2", "flex_attention", "sdpa", "eager"])
+    sub.add_argument("--attention", default="auto", choices=["auto", "flash_attention_2", "varlen", "flex_attention", "sdpa", "eager"])
     sub.add_argument("--gpu-memory-gib", type=float, help="use at most this much GPU memory, as on a smaller card")
     sub.add_argument("--price-usd-per-hour", type=float, default=0.0)
     sub.add_argument("--variant", help="name of the record's variant (default ours_<method>)")

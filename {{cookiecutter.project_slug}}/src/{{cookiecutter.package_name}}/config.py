@@ -53,7 +53,7 @@ class ModelParams(_Section):
     base: str = Field(min_length=1)  # hub id (owner/name) or a local model directory
     method: Literal["lora", "qlora", "dora"] = "qlora"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    attn_implementation: Literal["auto", "flash_attention_2", "flex_attention", "sdpa", "eager"] = "auto"
+    attn_implementation: Literal["auto", "flash_attention_2", "varlen", "flex_attention", "sdpa", "eager"] = "auto"
 
 
 class LoraParams(_Section):

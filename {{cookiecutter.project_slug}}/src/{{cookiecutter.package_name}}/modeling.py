@@ -26,8 +26,11 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 def attention_candidates(requested: str, device: torch.device) -> list[str]:
     """Fastest first: flash-attention 2 on a GPU (varlen: packed rows without a T x T mask),
-    then PyTorch's SDPA, then the eager reference implementation."""
+    then PyTorch's SDPA, then the eager reference implementation. `varlen` loads with SDPA
+    (for evaluation and generation); `train` switches it on (attention.use_varlen)."""
     chain = ["flash_attention_2", "sdpa", "eager"] if device.type == "cuda" else ["sdpa", "eager"]
+    if requested == "varlen":
+        return ["sdpa"]
     if requested != "auto":
         return [requested]
     return chain

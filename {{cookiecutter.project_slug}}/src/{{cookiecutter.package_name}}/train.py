@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoints, data, modeling, perf
+from . import attention, checkpoints, data, modeling, perf
 from .atomic import atomic_dir
 from .config import ConfigError, multi_gpu_problem
 from .cost import CostMeter
@@ -85,13 +85,22 @@ def rows_for_step(step: int, global_batch: int, n_rows: int, seed: int) -> list[
     return rows
 
 
-def to_device(rows: dict[str, torch.Tensor], index, device) -> dict[str, torch.Tensor]:
+def to_device(rows: dict[str, torch.Tensor], index, device, boundaries: bool = False) -> dict:
+    """One micro-batch on the device; with `boundaries`, also where each example starts
+    (for varlen / flash attention, worked out here on the CPU)."""
     batch = {key: rows[key][index].long() for key in BATCH_KEYS}
-    if device.type == "cuda":
-        # A copy from pageable memory first waits for the GPU to finish its queue; from
-        # pinned memory it does not, so the CPU goes on queueing the next micro-batch.
-        batch = {key: value.pin_memory() for key, value in batch.items()}
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+    if boundaries:
+        batch.update(attention.sequence_boundaries(batch["position_ids"]))
+    on_device = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            if device.type == "cuda":
+                # A copy from pageable memory first waits for the GPU to finish its queue; from
+                # pinned memory it does not, so the CPU goes on queueing the next micro-batch.
+                value = value.pin_memory()
+            value = value.to(device, non_blocking=True)
+        on_device[key] = value
+    return on_device
 
 
 def make_optimizer(name: str, parameters, lr: float, weight_decay: float, device: torch.device):
@@ -113,7 +122,7 @@ def learning_rate_schedule(optimizer, params):
 def fits(model, rows, micro_batch: int, device: torch.device) -> bool:
     """One forward + backward at full row length: does it fit in GPU memory?"""
     try:
-        batch = to_device(rows, slice(0, micro_batch), device)
+        batch = to_device(rows, slice(0, micro_batch), device, attention.takes_sequence_boundaries(model.config))
         model(**batch, use_cache=False).loss.backward()
         return True
     except torch.cuda.OutOfMemoryError:
@@ -284,6 +293,8 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
     if base is None:
         # Under FSDP the weights stay on the CPU: accelerate moves each GPU its shard.
         base = modeling.load_base_model(params, device, to_device=not sharded)
+    if params.model.attn_implementation == attention.VARLEN:
+        attention.use_varlen(base, device, dtype)
     liger = modeling.apply_liger_kernels(base, cfg.liger_kernels, device)
     n_matmul = perf.matmul_parameters(base)
     model = modeling.add_adapter(base, params)
@@ -337,7 +348,7 @@ def train_step(s: Session, step: int) -> StepResult:
     step_loss = torch.zeros((), device=s.device)
     for i in range(s.accumulation):
         micro = my_rows[i * s.micro_batch : (i + 1) * s.micro_batch]
-        batch = to_device(s.rows, micro, s.device)
+        batch = to_device(s.rows, micro, s.device, attention.takes_sequence_boundaries(s.base_config))
         # Gradients are all-reduced only on the last micro-batch of the step.
         sync = nullcontext() if i == s.accumulation - 1 else s.accelerator.no_sync(s.model)
         with sync:
