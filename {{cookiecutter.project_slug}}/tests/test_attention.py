@@ -16,15 +16,21 @@ from {{ cookiecutter.package_name }}.train import to_device
 
 
 def reference_varlen_attn(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
-    """What torch.nn.attention.varlen.varlen_attn computes, one example at a time."""
-    assert window_size == (-1, 0), "training needs causal attention"
+    """What torch.nn.attention.varlen.varlen_attn computes, one example at a time: causal
+    (window_size (left, 0)), each token seeing `left` tokens before it (-1: all of them)."""
+    left, right = window_size
+    assert right == 0, "training needs causal attention"
     assert torch.equal(cu_seq_q, cu_seq_k) and cu_seq_q.dtype == torch.int32
     assert max_q == max_k == int(cu_seq_q.diff().max())
     assert enable_gqa or k.shape[1] == q.shape[1]
     out = torch.empty_like(q)
     for start, end in zip(cu_seq_q[:-1].tolist(), cu_seq_q[1:].tolist(), strict=True):
         heads_first = [x[start:end].transpose(0, 1) for x in (q, k, v)]
-        out[start:end] = F.scaled_dot_product_attention(*heads_first, is_causal=True, scale=scale, enable_gqa=enable_gqa).transpose(0, 1)
+        position = torch.arange(end - start)
+        seen = position[None, :] <= position[:, None]  # [query, key]
+        if left >= 0:
+            seen &= position[None, :] >= position[:, None] - left
+        out[start:end] = F.scaled_dot_product_attention(*heads_first, attn_mask=seen, scale=scale, enable_gqa=enable_gqa).transpose(0, 1)
     return out
 
 
@@ -76,10 +82,31 @@ def test_varlen_attention_gives_the_loss_and_gradients_of_masked_sdpa(tiny_model
         torch.testing.assert_close(varlen_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_varlen_attention_without_boundaries_says_what_is_missing():
+def test_a_sliding_window_is_passed_on_as_transformers_masks_it(monkeypatch):
+    """Mistral-style sliding windows: a token sees itself and the window - 1 tokens before it,
+    as transformers' own sliding-window mask says."""
+    from transformers.masking_utils import sliding_window_causal_mask_function
+
+    monkeypatch.setattr(attention, "varlen_attn", reference_varlen_attn)
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 12, 8, generator=generator) for _ in range(3))
+    position_ids = torch.cat([torch.arange(9), torch.arange(3)])[None]
+    out, _ = attention.varlen_attention_forward(None, q, k, v, None, sliding_window=4, **attention.sequence_boundaries(position_ids))
+    window = sliding_window_causal_mask_function(4)
+    for start, length in ((0, 9), (9, 3)):
+        index = torch.arange(length)
+        seen = window(torch.tensor(0), torch.tensor(0), index[:, None], index[None, :])
+        expected = F.scaled_dot_product_attention(*(x[..., start:start + length, :] for x in (q, k, v)), attn_mask=seen)
+        torch.testing.assert_close(out[0, start:start + length], expected[0].transpose(0, 1))
+
+
+def test_varlen_attention_says_what_it_cannot_do():
     q = torch.zeros(1, 4, 8, 16)
     with pytest.raises(ValueError, match="needs the batch's example boundaries"):
         attention.varlen_attention_forward(None, q, q, q, None, position_ids=torch.zeros(1, 8))
+    boundaries = attention.sequence_boundaries(torch.arange(8)[None])
+    with pytest.raises(ValueError, match="has no softcap, which this model uses"):
+        attention.varlen_attention_forward(None, q, q, q, None, softcap=30.0, **boundaries)
 
 
 def test_varlen_is_refused_where_flash_attention_cannot_run(tiny_model_dir, make_params):
@@ -89,3 +116,6 @@ def test_varlen_is_refused_where_flash_attention_cannot_run(tiny_model_dir, make
         attention.use_varlen(model, torch.device("cpu"), torch.float32)
     with pytest.raises(ConfigError, match="needs model.dtype bfloat16 or float16"):
         attention.use_varlen(model, torch.device("cuda"), torch.float32)
+    model.config.attention_dropout = 0.1
+    with pytest.raises(ConfigError, match="has no attention dropout"):
+        attention.use_varlen(model, torch.device("cuda"), torch.bfloat16)

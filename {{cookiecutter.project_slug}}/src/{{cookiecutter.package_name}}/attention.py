@@ -56,6 +56,9 @@ def use_varlen(model, device: torch.device, dtype: torch.dtype) -> None:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
     except ImportError as err:
         raise ConfigError(f"model.attn_implementation={VARLEN} needs torch 2.10 or newer (this is {torch.__version__})") from err
+    if getattr(model.config, "attention_dropout", 0.0):
+        raise ConfigError(f"model.attn_implementation={VARLEN} has no attention dropout, and this model's config asks for "
+                          f"{model.config.attention_dropout}: use sdpa or flash_attention_2")
     AttentionInterface.register(VARLEN, varlen_attention_forward)
     model.set_attn_implementation(VARLEN)
 
@@ -67,11 +70,14 @@ def _grouped_query_support() -> bool:
 
 
 def varlen_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                             cu_seq_lens_q=None, max_length_q=None, **kwargs):
+                             cu_seq_lens_q=None, max_length_q=None, sliding_window=None, **kwargs):
     """transformers' attention-function signature: query / key / value are (batch, heads, tokens,
     head_dim); returns (batch, tokens, heads, head_dim) and no attention weights."""
     if cu_seq_lens_q is None or max_length_q is None:
         raise ValueError(f"{VARLEN} attention needs the batch's example boundaries: pass **sequence_boundaries(position_ids)")
+    for unsupported in ("softcap", "s_aux"):  # Gemma 2's logit soft-capping, gpt-oss's attention sinks
+        if kwargs.get(unsupported) is not None:
+            raise ValueError(f"{VARLEN} attention has no {unsupported}, which this model uses: use sdpa or flash_attention_2")
     batch, heads, tokens, head_dim = query.shape
     kv_heads = key.shape[1]
     if query.dtype == torch.float32 and torch.is_autocast_enabled(query.device.type):  # FlashAttention takes 16-bit only
@@ -87,6 +93,8 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
         else:
             k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
     cu_seq_lens = cu_seq_lens_q.to(query.device, non_blocking=True)
-    # window (-1, 0): causal, each token sees its own example's earlier tokens only.
-    out = varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, max_length_q, max_length_q, scale=scaling, window_size=(-1, 0), **extra)
+    # Causal, each token sees its own example's earlier tokens only: window (-1, 0), or the
+    # model's sliding window (itself and sliding_window - 1 tokens before it, as flash-attn counts).
+    window = (sliding_window - 1 if sliding_window else -1, 0)
+    out = varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, max_length_q, max_length_q, scale=scaling, window_size=window, **extra)
     return out.view(batch, tokens, heads, head_dim), None

@@ -25,7 +25,7 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 def attention_candidates(requested: str, device: torch.device) -> list[str]:
-    """Fastest first: flash-attention 2 on a GPU (varlen: packed rows without a T x T mask),
+    """Fastest first: flash-attention 2 on a GPU (packed rows without a T x T mask),
     then PyTorch's SDPA, then the eager reference implementation. `varlen` loads with SDPA
     (for evaluation and generation); `train` switches it on (attention.use_varlen)."""
     chain = ["flash_attention_2", "sdpa", "eager"] if device.type == "cuda" else ["sdpa", "eager"]
@@ -120,8 +120,8 @@ def apply_liger_kernels(model, setting: bool | str, device: torch.device) -> boo
 def compile_decoder_layers(model) -> int:
     """torch.compile each decoder layer in place; returns how many were compiled.
 
-    Regional compilation: the layers share one structure, so they share one compiled graph
-    (compile time does not grow with depth), the mask building and the loss stay eager, and
+    Regional compilation: the layers share one structure, so they share their compiled graphs
+    (compile time hardly grows with depth), the mask building and the loss stay eager, and
     in-place `Module.compile` keeps the parameter names, so checkpoints and adapters are the
     same as without it. Pays off when fusing LoRA's dropout, scaling and additions saves more
     than the compilation costs: measure it with `bench --compile true`.
