@@ -163,7 +163,10 @@ def test_checkpointing_quantization_and_micro_batch_move_memory_the_right_way():
     shape = plan.KNOWN_SHAPES["qwen2.5-7b"]
     lora = plan.TrainSetup(method="lora", micro_batch=4, seq_len=2048)
     base = plan.estimate_memory(shape, lora)
-    assert plan.estimate_memory(shape, replace(lora, checkpointing=True)).activations < base.activations / 10
+    full = plan.estimate_memory(shape, replace(lora, checkpointing=1.0)).activations
+    assert full < base.activations / 10
+    half = plan.estimate_memory(shape, replace(lora, checkpointing=0.5)).activations
+    assert half == pytest.approx((base.activations + full) / 2, rel=0.01)  # half the layers keep everything
     qlora = plan.estimate_memory(shape, replace(lora, method="qlora"))
     # NF4 with double quantization (~4.13 bits) for the decoder's linear layers; embeddings, lm_head
     # and norms stay 16-bit, as bitsandbytes leaves them.
@@ -258,6 +261,24 @@ def test_fixed_micro_batch_and_checkpointing_are_respected(make_params, catalog)
     params = real_model(make_params, "train.micro_batch=2", "train.gradient_checkpointing=true")
     for entry in plan.make_plan(params)["gpus"]:
         assert (entry["micro_batch"], entry["gradient_checkpointing"]) == (2, True)
+
+
+def test_a_24gb_card_checkpoints_only_the_layers_it_must(make_params, catalog):
+    """8B QLoRA at 2048 tokens: one row does not fit a 24 GB card without checkpointing, but
+    does with some of the layers checkpointed, which is faster than checkpointing them all."""
+    params = real_model(make_params, "model.base=meta-llama/Llama-3.1-8B", "model.method=qlora", "data.max_length=2048")
+    shape = plan.load_model_shape(params.model.base)
+    l4 = next(entry for entry in plan.make_plan(params)["gpus"] if entry["gpu"] == "L4")
+    assert l4["fits"] and l4["micro_batch"] == 1
+    assert 0 < l4["gradient_checkpointing"] < 1 and l4["memory"]["peak"] <= l4["usable_gib"]
+    fewer = round(l4["gradient_checkpointing"] * shape.layers) - shape.layers // 4  # the next smaller try
+    fewer_setup = replace(plan.base_setup(params), micro_batch=1, checkpointing=fewer / shape.layers)
+    assert plan.estimate_memory(shape, fewer_setup).total / plan.GIB > l4["usable_gib"]
+    everything = plan.make_plan(real_model(make_params, "model.base=meta-llama/Llama-3.1-8B", "model.method=qlora",
+                                           "data.max_length=2048", "train.gradient_checkpointing=true"))
+    l4_all = next(entry for entry in everything["gpus"] if entry["gpu"] == "L4")
+    assert l4["compute_hours"] < l4_all["compute_hours"]  # less recomputation
+    assert f" {plan.checkpointing_label(l4['gradient_checkpointing'], 'yes', 'no')}" in plan.render_table(plan.make_plan(params), top=9)
 
 
 def test_user_price_is_the_last_resort(make_params, tmp_path, monkeypatch):

@@ -196,43 +196,83 @@ def test_merged_model_gives_the_adapter_logits_and_generations_are_saved(make_pa
 def test_micro_batch_auto_on_cpu_keeps_the_global_batch(make_params):
     params = make_params("train.micro_batch=auto", "train.global_batch=12")
     cpu = torch.device("cpu")
-    assert choose_micro_batch(None, None, params, per_process=12, device=cpu, sharded=False) == (4, False)
-    assert choose_micro_batch(None, None, params, per_process=6, device=cpu, sharded=False) == (3, False)
-    assert choose_micro_batch(None, None, params, per_process=6, device=cpu, sharded=True) == (1, False)
+    assert choose_micro_batch(None, None, params, per_process=12, device=cpu, sharded=False) == (4, 0)
+    assert choose_micro_batch(None, None, params, per_process=6, device=cpu, sharded=False) == (3, 0)
+    assert choose_micro_batch(None, None, params, per_process=6, device=cpu, sharded=True) == (1, 0)
 
 
-def test_the_micro_batch_probe_backs_off_and_checkpoints_only_when_nothing_else_fits(make_params):
-    """The GPU probe, run on the real tiny model: forward + backward per candidate. The GPU's
-    memory limit is played by a hook that raises CUDA's out-of-memory error above a number
-    of rows (smaller with gradient checkpointing off); a real limit needs a GPU."""
+def test_the_micro_batch_probe_backs_off_and_checkpoints_as_few_layers_as_will_do(make_params):
+    """The GPU probe, run on the real tiny model (2 layers): forward + backward per candidate.
+    The GPU's memory limit is played by a hook that raises CUDA's out-of-memory error above a
+    number of rows, which grows with the number of checkpointed layers; a real limit needs a GPU."""
     params = make_params()
     data.prepare(params, **quiet)
     rows = data.load_prepared(params.data.prepared_dir, "train")
     cpu = torch.device("cpu")
 
-    def probe(rows_without_checkpointing: int, rows_with_checkpointing: int, checkpointing="auto"):
+    def probe(most_rows: dict[int, int], checkpointing="auto", candidates=(8, 4, 2, 1)):
+        """most_rows: checkpointed layers -> the most rows that fit."""
         model = modeling.add_adapter(modeling.load_base_model(params, cpu), params)
         tried = []
 
         def memory_limit(module, args, kwargs):
-            n, checkpointed = kwargs["input_ids"].shape[0], model.base_model.model.is_activation_checkpointing
+            n = kwargs["input_ids"].shape[0]
+            checkpointed = sum(layer.gradient_checkpointing for layer in modeling.decoder_layers(model))
             tried.append((n, checkpointed))
-            if n > (rows_with_checkpointing if checkpointed else rows_without_checkpointing):
+            if n > most_rows[checkpointed]:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
         model.base_model.model.model.register_forward_pre_hook(memory_limit, with_kwargs=True)
-        choice = largest_that_fits(model, rows, [8, 4, 2, 1], checkpointing, cpu)
+        choice = largest_that_fits(model, rows, list(candidates), checkpointing, cpu)
         assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients behind
         return choice, tried
 
-    assert probe(8, 8) == ((8, False), [(8, False)])
-    assert probe(3, 8) == ((2, False), [(8, False), (4, False), (2, False)])
-    # Checkpointing costs ~30% more compute: only when not even one row fits without it.
-    assert probe(0, 4) == ((4, True), [(8, False), (4, False), (2, False), (1, False), (8, True), (4, True)])
+    no_checkpointing = [(8, 0), (4, 0), (2, 0), (1, 0)]
+    assert probe({0: 8, 1: 8, 2: 8}) == ((8, 0), [(8, 0)])
+    assert probe({0: 3, 1: 8, 2: 8}) == ((2, 0), no_checkpointing[:3])
+    # Recomputing costs time: checkpointing only when not even one row fits without it, and
+    # one row with one layer of two checkpointed beats four rows with both.
+    assert probe({0: 0, 1: 1, 2: 4}) == ((1, 1), [*no_checkpointing, (1, 1)])
+    assert probe({0: 0, 1: 0, 2: 4}) == ((4, 2), [*no_checkpointing, (1, 1), (8, 2), (4, 2)])
+    assert probe({0: 8, 1: 8, 2: 2}, checkpointing=True) == ((2, 2), [(8, 2), (4, 2), (2, 2)])
     with pytest.raises(ConfigError, match="without gradient checkpointing: lower data.max_length, set train.gradient_checkpointing=auto"):
-        probe(0, 4, checkpointing=False)
+        probe({0: 0, 1: 4, 2: 4}, checkpointing=False)
     with pytest.raises(ConfigError, match="not even one row of data.max_length=512 tokens fits in GPU memory: lower"):
-        probe(0, 0)
+        probe({0: 0, 1: 0, 2: 0})
+    # A micro_batch that is set, with checkpointing auto: as few checkpointed layers as it needs.
+    assert probe({0: 1, 1: 2, 2: 4}, candidates=[2]) == ((2, 1), [(2, 0), (2, 1)])
+    with pytest.raises(ConfigError, match="not even train.micro_batch=2 rows .* lower train.micro_batch or data.max_length"):
+        probe({0: 1, 1: 1, 2: 1}, candidates=[2])
+
+
+def test_checkpointing_some_layers_changes_memory_not_the_update(make_params):
+    """Checkpointed layers keep less for backward and recompute it there: the gradients are the same."""
+    params = make_params("lora.dropout=0")
+    data.prepare(params, **quiet)
+    rows = data.load_prepared(params.data.prepared_dir, "train")
+    batch = {key: rows[key][:2].long() for key in ("input_ids", "labels", "position_ids")}
+    gradients, kept_bytes = [], []
+    for checkpointed in (0, 1, 2):
+        torch.manual_seed(0)
+        model = modeling.add_adapter(modeling.load_base_model(params, torch.device("cpu")), params)
+        modeling.checkpoint_layers(model, checkpointed)
+        assert [layer.gradient_checkpointing for layer in modeling.decoder_layers(model)] == [i < checkpointed for i in range(2)]
+        model.train()
+        kept = []  # what autograd keeps for backward, outside the checkpointed layers
+
+        def keep(tensor, kept=kept):
+            kept.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+            loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        kept_bytes.append(sum(kept))
+        gradients.append({name: p.grad for name, p in model.named_parameters() if p.requires_grad})
+    assert kept_bytes[0] > kept_bytes[1] > kept_bytes[2], kept_bytes
+    for other in gradients[1:]:
+        for name, grad in gradients[0].items():
+            torch.testing.assert_close(other[name], grad, msg=name)
 
 
 def test_liger_kernels_are_never_claimed_where_they_cannot_run(make_params):

@@ -174,8 +174,10 @@ def quiet_library_noise() -> None:
     import logging
     import warnings
 
-    # PEFT still calls transformers' renamed `is_gradient_checkpointing` property.
+    # PEFT still calls transformers' renamed `is_gradient_checkpointing` property, and we call
+    # `gradient_checkpointing_enable`: its new name is missing from transformers before 5.2x.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*deprecated", category=FutureWarning)
     # bitsandbytes tries to fetch optional CPU kernels from a hub at import time.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # MLflow's start/stop notices for system metrics and its local database set-up.

@@ -55,6 +55,8 @@ METHOD_TIME_FACTOR = {"lora": 1.0, "qlora": 1.66, "dora": 1.15}
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 blocks
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # Llama-style
+# Attention that finds packed examples by their boundaries: no T x T mask, k and v not repeated.
+UNMASKED_ATTENTION = ("flash_attention_2", "varlen")
 
 
 class BudgetExceeded(Exception):
@@ -215,8 +217,8 @@ class TrainSetup:
     dropout: float = 0.0
     micro_batch: int = 1
     seq_len: int = 1024
-    checkpointing: bool = False
-    attention: str = "sdpa"  # sdpa (with a mask: packed rows) | flash_attention_2 | eager
+    checkpointing: float = 0.0  # the fraction of layers with gradient checkpointing (0: none, 1: all)
+    attention: str = "sdpa"  # sdpa (with a mask: packed rows) | flash_attention_2 | varlen | eager
     loss: str = "hf"  # hf: fp32 logits | chunked: bf16 logits, fp32 per chunk | fused: no logits kept
     dtype_bytes: int = 2
     adapter_bytes: int = 4  # PEFT keeps adapters in fp32 on a bf16 base (autocast_adapter_dtype)
@@ -299,7 +301,7 @@ def layer_activation_bytes(shape: ModelShape, setup: TrainSetup) -> float:
     a, h, i = setup.dtype_bytes, shape.hidden, shape.intermediate
     norms = shape.norms_per_layer * 4 * h  # HF RMSNorm keeps its input upcast to fp32
     lse = 4 * shape.heads  # attention's log-sum-exp, fp32 per head
-    if setup.attention == "flash_attention_2":
+    if setup.attention in UNMASKED_ATTENTION:
         attention = a * (2 * shape.q_dim + 2 * shape.kv_dim) + lse  # q, k, v, output
     else:
         # SDPA with a mask (packed rows) repeats k and v to every query head first.
@@ -328,6 +330,10 @@ def logits_bytes_per_token(shape: ModelShape, setup: TrainSetup) -> float:
     return setup.dtype_bytes * v + 12 * v
 
 
+def checkpointed_layers(shape: ModelShape, setup: TrainSetup) -> int:
+    return round(setup.checkpointing * shape.layers)
+
+
 def estimate_memory(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
     """Peak memory of one training step of `setup` on `shape`."""
     a, h, i = setup.dtype_bytes, shape.hidden, shape.intermediate
@@ -335,7 +341,7 @@ def estimate_memory(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
     per_layer = layer_activation_bytes(shape, setup)
     final_norm = 4 * h * tokens  # the last RMSNorm's fp32 input
     # SDPA and eager get a 4-D mask for packed rows: micro_batch x T x T, shared by all layers.
-    mask = setup.micro_batch * setup.seq_len**2 * a if setup.attention != "flash_attention_2" else 0
+    mask = setup.micro_batch * setup.seq_len**2 * a if setup.attention not in UNMASKED_ATTENTION else 0
     largest = max(d_in * d_out for _, d_in, d_out in shape.linear_modules())
     transient = 0.0
     if setup.method == "qlora":
@@ -343,12 +349,11 @@ def estimate_memory(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
     if setup.method == "dora":
         transient += 3 * setup.adapter_bytes * largest  # weight + B@A + their sum, for the norm
     gradients = (2 * a * h + 3 * a * i) * tokens  # one layer's input / intermediate gradients
-    if setup.checkpointing:
-        activations = shape.layers * a * h * tokens + final_norm + mask  # one input per layer
-        working = per_layer * tokens + gradients + transient  # the layer being recomputed
-    else:
-        activations = shape.layers * per_layer * tokens + final_norm + mask
-        working = gradients + transient
+    checkpointed = checkpointed_layers(shape, setup)  # each keeps only its input
+    activations = ((shape.layers - checkpointed) * per_layer + checkpointed * a * h) * tokens + final_norm + mask
+    working = gradients + transient
+    if checkpointed:
+        working += per_layer * tokens  # the layer being recomputed
     logits = logits_bytes_per_token(shape, setup) * tokens
     estimate = MemoryEstimate(
         base_weights=weight_bytes(shape, setup),
@@ -426,25 +431,30 @@ def base_setup(params: Params) -> TrainSetup:
 
 
 def choose_fit(shape: ModelShape, setup: TrainSetup, params: Params, gpu: GPU) -> dict:
-    """Micro-batch and checkpointing on `gpu`, as the trainer's `choose_micro_batch` picks them.
+    """Micro-batch and checkpointing on `gpu`, as the trainer's `largest_that_fits` picks them.
 
     `auto` micro-batch: the largest divisor of global_batch that fits; `auto` checkpointing:
-    only when not even one row fits without it.
+    only when not even one row fits without it, then on a quarter, a half or three quarters
+    of the layers with one row, then on all of them.
     """
     wanted, checkpointing = params.train.micro_batch, params.train.gradient_checkpointing
     batch = params.train.global_batch
     sizes = [wanted] if wanted != "auto" else [m for m in range(batch, 0, -1) if batch % m == 0]
-    options = [checkpointing] if checkpointing != "auto" else [False, True]
+    layers = shape.layers
+    trials = []  # (micro_batch, fraction of layers checkpointed), in the trainer's order
+    if checkpointing is not True:
+        trials += [(m, 0.0) for m in sizes]
+    if checkpointing == "auto":
+        some = sorted({layers // 4, layers // 2, 3 * layers // 4} - {0, layers})
+        trials += [(min(sizes), count / layers) for count in some]
+    if checkpointing is not False:
+        trials += [(m, 1.0) for m in sizes]
     limit = usable_gib(gpu) * GIB
-    smallest = None
-    for use_checkpointing in options:
-        for micro_batch in sizes:
-            trial = replace(setup, micro_batch=micro_batch, checkpointing=use_checkpointing)
-            memory = estimate_memory(shape, trial)
-            if memory.total <= limit:
-                return {"fits": True, "setup": trial, "memory": memory}
-            smallest = (trial, memory)
-    trial, memory = smallest
+    for micro_batch, fraction in trials:
+        trial = replace(setup, micro_batch=micro_batch, checkpointing=fraction)
+        memory = estimate_memory(shape, trial)
+        if memory.total <= limit:
+            return {"fits": True, "setup": trial, "memory": memory}
     with_ckpt = "with" if trial.checkpointing else "without"
     reason = (
         f"needs ~{memory.total / GIB:.1f} GiB at micro_batch {trial.micro_batch} {with_ckpt} gradient checkpointing; "
@@ -495,7 +505,7 @@ def run_workload(shape: ModelShape, params: Params, summary: dict | None) -> dic
 
 def hours_on(gpu: GPU, work: dict, setup: TrainSetup, shape: ModelShape) -> dict:
     """Estimated hours: setup (billed, trains nothing) plus compute at the GPU's expected MFU."""
-    flops = work["flops_per_token"] + (work["forward_flops_per_token"] if setup.checkpointing else 0)
+    flops = work["flops_per_token"] + work["forward_flops_per_token"] * setup.checkpointing  # recomputed layers
     seconds = work["tokens"] * flops / (gpu.peak_bf16_tflops * 1e12 * gpu.expected_mfu)
     seconds *= METHOD_TIME_FACTOR.get(setup.method, 1.0)
     setup_s = SETUP_MINUTES * 60 + shape.total_params * 2 / DOWNLOAD_BYTES_PER_S
@@ -784,7 +794,7 @@ def render_table(plan: dict, top: int = 4) -> str:
     if best:
         entry = next(g for g in plan["gpus"] if g["gpu"] == best["gpu"])
         out += ["", f"Peak memory on {best['gpu']} (micro_batch {entry['micro_batch']}, "
-                    f"gradient checkpointing {'on' if entry['gradient_checkpointing'] else 'off'}):"]
+                    f"gradient checkpointing {checkpointing_label(entry['gradient_checkpointing'], 'on', 'off')}):"]
         labels = {
             "base_weights": "base weights" + (" (4-bit NF4)" if setup["method"] == "qlora" else " (16-bit)"),
             "adapter_and_optimizer": "LoRA params + grads + AdamW",
@@ -806,7 +816,7 @@ def render_table(plan: dict, top: int = 4) -> str:
     for position, offer in enumerate(shown, start=1):
         out.append(
             f"  {position:>3}  {offer['gpu']:<10} {offer['cloud']:<7} {offer['region'][:13]:<13} "
-            f"{offer['usd_per_hour']:>6.2f} {offer['micro_batch']:>3} {'yes' if offer['gradient_checkpointing'] else 'no':>4} "
+            f"{offer['usd_per_hour']:>6.2f} {offer['micro_batch']:>3} {checkpointing_label(offer['gradient_checkpointing'], 'yes', 'no'):>4} "
             f"{offer['peak_gib']:>6.1f} {offer['hours']:>6.2f} {offer['usd_per_run']:>8.2f}"
         )
     if not shown:
@@ -822,6 +832,11 @@ def render_table(plan: dict, top: int = 4) -> str:
 
 
 format_plan = render_table  # the name `launch --dry-run` looks for
+
+
+def checkpointing_label(fraction: float, every: str, none: str) -> str:
+    """0 -> none, 1 -> every, a fraction of the layers -> e.g. 25%."""
+    return every if fraction == 1 else none if fraction == 0 else f"{fraction:.0%}"
 
 
 def _usd(value: float) -> str:

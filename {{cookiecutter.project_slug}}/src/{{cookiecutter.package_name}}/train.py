@@ -12,7 +12,8 @@ Features
 - single GPU, DDP or FSDP through `accelerate launch` (configs/accelerate/); checkpoints
   hold whole tensors, so a run may resume on another number of GPUs;
 - `micro_batch: auto` finds the largest micro-batch that fits, gradient checkpointing
-  only when nothing fits without it, Liger fused kernels when installed;
+  only when nothing fits without it (and on as few layers as will do), Liger fused
+  kernels when installed;
 - optional regional torch.compile of the decoder layers (`train.compile`);
 - AdamW (fused on GPU) or 8-bit / paged 8-bit AdamW from bitsandbytes;
 - checkpoints every N steps / M minutes, on SIGTERM or SIGINT (a spot notice, Ctrl-C) and
@@ -132,55 +133,74 @@ def fits(model, rows, micro_batch: int, device: torch.device) -> bool:
         torch.cuda.empty_cache()
 
 
-def choose_micro_batch(model, rows, params, per_process: int, device: torch.device, sharded: bool) -> tuple[int, bool]:
-    """(micro_batch, gradient checkpointing) for this run.
+def choose_micro_batch(model, rows, params, per_process: int, device: torch.device, sharded: bool) -> tuple[int, int]:
+    """(micro_batch, number of gradient-checkpointed layers) for this run.
 
-    A fixed micro_batch is used as given; `auto` probes the GPU (`largest_that_fits`). On a
-    CPU `auto` means min(4, per process). Under FSDP (`sharded`) the model only fits once it
-    is sharded, and a probe there would run collectives that an out-of-memory error on one
-    GPU could leave hanging: `auto` means 1.
+    What is set is used as given. On a GPU, `auto` micro-batch or checkpointing probes what
+    fits (`largest_that_fits`). On a CPU, `auto` means min(4, per process) rows and no
+    checkpointing. Under FSDP (`sharded`) the model only fits once it is sharded, and a probe
+    there would run collectives that an out-of-memory error on one GPU could leave hanging:
+    `auto` means 1 row and no checkpointing.
     """
     wanted, checkpointing = params.train.micro_batch, params.train.gradient_checkpointing
+    checkpointed = 0
     if checkpointing is True:
-        modeling.enable_gradient_checkpointing(model)
-    if wanted != "auto":
-        return wanted, checkpointing is True
-    candidates = [m for m in range(per_process, 0, -1) if per_process % m == 0]
+        checkpointed = len(modeling.decoder_layers(model))
+        modeling.checkpoint_layers(model, checkpointed)
+    candidates = [m for m in range(per_process, 0, -1) if per_process % m == 0] if wanted == "auto" else [wanted]
     if sharded:
-        return 1, checkpointing is True
+        return candidates[-1], checkpointed
     if device.type != "cuda":
-        return next(m for m in candidates if m <= 4), checkpointing is True
+        return next(m for m in candidates if m <= 4) if wanted == "auto" else wanted, checkpointed
+    if wanted != "auto" and checkpointing != "auto":
+        return wanted, checkpointed  # nothing left to choose
     return largest_that_fits(model, rows, candidates, checkpointing, device)
 
 
-def largest_that_fits(model, rows, candidates: list[int], checkpointing: bool | str, device) -> tuple[int, bool]:
-    """Try the candidate micro-batches (divisors of the per-process batch), largest first.
-    With checkpointing `auto`, it is switched on (slower: activations are recomputed) only
-    when not even one row fits without it."""
-    for use_checkpointing in ([checkpointing is True] if checkpointing != "auto" else [False, True]):
-        if use_checkpointing:
-            modeling.enable_gradient_checkpointing(model)
+def largest_that_fits(model, rows, candidates: list[int], checkpointing: bool | str, device) -> tuple[int, int]:
+    """(micro_batch, checkpointed layers): the fastest choice that fits, tried in this order.
+
+    1. No checkpointing, the candidate micro-batches (divisors of the per-process batch, or
+       the one set), largest first.
+    2. With checkpointing `auto`, the smallest candidate with a quarter, a half, then three
+       quarters of the layers checkpointed: each recomputes only what it must.
+    3. Every layer checkpointed, the candidates largest first.
+    """
+    layers = len(modeling.decoder_layers(model))
+    if checkpointing is not True:
         for micro_batch in candidates:
             if fits(model, rows, micro_batch, device):
-                return micro_batch, use_checkpointing
+                return micro_batch, 0
+    if checkpointing == "auto":
+        for checkpointed in sorted({layers // 4, layers // 2, 3 * layers // 4} - {0, layers}):
+            modeling.checkpoint_layers(model, checkpointed)
+            if fits(model, rows, candidates[-1], device):
+                return candidates[-1], checkpointed
+    if checkpointing is not False:
+        modeling.checkpoint_layers(model, layers)
+        for micro_batch in candidates:
+            if fits(model, rows, micro_batch, device):
+                return micro_batch, layers
+    smallest = "one row" if candidates[-1] == 1 else f"train.micro_batch={candidates[-1]} rows"
     raise ConfigError(
-        f"not even one row of data.max_length={rows['input_ids'].shape[1]} tokens fits in GPU memory"
-        f"{'' if checkpointing is not False else ' without gradient checkpointing'}: lower data.max_length"
+        f"not even {smallest} of data.max_length={rows['input_ids'].shape[1]} tokens fits in GPU memory"
+        f"{'' if checkpointing is not False else ' without gradient checkpointing'}: lower "
+        f"{'train.micro_batch or ' if candidates[-1] > 1 else ''}data.max_length"
         f"{', set train.gradient_checkpointing=auto' if checkpointing is False else ''}, or use model.method=qlora"
     )
 
 
-def agree_on_micro_batch(micro_batch: int, checkpointing: bool, model, device) -> tuple[int, bool]:
+def agree_on_micro_batch(micro_batch: int, checkpointed: int, model, device) -> tuple[int, int]:
     """Every process must split the batch the same way (else the gradient all-reduces of
-    DDP would not pair up and the job would hang): the smallest micro-batch, with
-    checkpointing if any process needed it."""
+    DDP would not pair up and the job would hang): the smallest micro-batch, with the most
+    checkpointed layers any process needed."""
     import torch.distributed as dist
 
-    choice = torch.tensor([-micro_batch, int(checkpointing)], device=device)
+    choice = torch.tensor([-micro_batch, checkpointed], device=device)
     dist.all_reduce(choice, op=dist.ReduceOp.MAX)
-    if choice[1] and not checkpointing:
-        modeling.enable_gradient_checkpointing(model)
-    return int(-choice[0]), bool(choice[1])
+    if int(choice[1]) != checkpointed:
+        modeling.checkpoint_layers(model, int(choice[1]))
+    return int(-choice[0]), int(choice[1])
 
 
 def machine_price(params, device: torch.device, world: int) -> tuple[float, str]:
@@ -231,7 +251,7 @@ class Session:
     rows: dict[str, torch.Tensor]
     micro_batch: int
     accumulation: int
-    checkpointing: bool
+    checkpointed_layers: int  # gradient checkpointing on this many decoder layers (0: none)
     sharded: bool  # FSDP: every process holds a shard of the weights
     liger: bool
     compiled: bool  # torch.compile'd decoder layers
@@ -305,9 +325,9 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
         summary = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())
         mean_context = summary["train"]["mean_context"]
     per_process = cfg.global_batch // accelerator.num_processes
-    micro_batch, checkpointing = choose_micro_batch(model, rows, params, per_process, device, sharded)
+    micro_batch, checkpointed = choose_micro_batch(model, rows, params, per_process, device, sharded)
     if accelerator.num_processes > 1 and cfg.micro_batch == "auto":
-        micro_batch, checkpointing = agree_on_micro_batch(micro_batch, checkpointing, model, device)
+        micro_batch, checkpointed = agree_on_micro_batch(micro_batch, checkpointed, model, device)
 
     trainable_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg.optimizer, trainable_params, cfg.learning_rate, cfg.weight_decay, device)
@@ -321,7 +341,7 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
     return Session(
         params=params, accelerator=accelerator, model=model, base_config=config, tokenizer=tokenizer,
         optimizer=optimizer, scheduler=scheduler, rows=rows, micro_batch=micro_batch,
-        accumulation=per_process // micro_batch, checkpointing=checkpointing, sharded=sharded, liger=liger, compiled=cfg.compile, dtype=dtype,
+        accumulation=per_process // micro_batch, checkpointed_layers=checkpointed, sharded=sharded, liger=liger, compiled=cfg.compile, dtype=dtype,
         token_flops=perf.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, mean_context or 0.0),
         trainable=trainable, total=total, summary=summary,
     )
@@ -433,14 +453,14 @@ def train(params, resume: str = "auto", log=print) -> Path:
         tracker.log_params({
             "trainable_parameters": s.trainable, "total_parameters": s.total, "processes": world,
             "resolved.micro_batch": s.micro_batch, "resolved.accumulation": s.accumulation,
-            "resolved.gradient_checkpointing": s.checkpointing, "resolved.liger_kernels": s.liger,
+            "resolved.checkpointed_layers": s.checkpointed_layers, "resolved.liger_kernels": s.liger,
             "resolved.compile": s.compiled,
             "resolved.dtype": str(s.dtype).removeprefix("torch."), "flops_per_token": int(s.token_flops),
         })
     log(
         f"training {s.trainable:,} of {s.total:,} parameters ({params.model.method}) on {world}x {device.type}{' (FSDP)' if s.sharded else ''}; "
         f"{n_rows} rows, global batch {cfg.global_batch} = {s.micro_batch} x {s.accumulation} accumulation x {world} processes"
-        f"{', gradient checkpointing' if s.checkpointing else ''}{', Liger kernels' if s.liger else ''}{', compiled layers' if s.compiled else ''}"
+        f"{f', gradient checkpointing on {s.checkpointed_layers} of {s.base_config.num_hidden_layers} layers' if s.checkpointed_layers else ''}{', Liger kernels' if s.liger else ''}{', compiled layers' if s.compiled else ''}"
     )
 
     def save_checkpoint(step: int) -> dict[str, torch.Tensor]:
