@@ -326,7 +326,7 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
         mean_context = summary["train"]["mean_context"]
     per_process = cfg.global_batch // accelerator.num_processes
     micro_batch, checkpointed = choose_micro_batch(model, rows, params, per_process, device, sharded)
-    if accelerator.num_processes > 1 and cfg.micro_batch == "auto":
+    if accelerator.num_processes > 1 and "auto" in (cfg.micro_batch, cfg.gradient_checkpointing):
         micro_batch, checkpointed = agree_on_micro_batch(micro_batch, checkpointed, model, device)
 
     trainable_params = [p for p in model.parameters() if p.requires_grad]
