@@ -13,6 +13,7 @@ transformers' flash_attention_2 takes the same arguments and is spared that sear
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -63,6 +64,7 @@ def use_varlen(model, device: torch.device, dtype: torch.dtype) -> None:
     model.set_attn_implementation(VARLEN)
 
 
+@functools.cache  # asked in every layer's forward; the answer is fixed per torch version
 def _grouped_query_support() -> bool:
     from torch.nn.attention.varlen import varlen_attn as kernel
 

@@ -139,6 +139,12 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
 
 
+def partial_checkpointing(layers: int) -> list[int]:
+    """How many layers `gradient_checkpointing: auto` tries to checkpoint before all of them:
+    a quarter, a half, three quarters (fewer recomputed layers, faster steps)."""
+    return sorted({layers // 4, layers // 2, 3 * layers // 4} - {0, layers})
+
+
 def checkpoint_layers(model, count: int) -> None:
     """Gradient checkpointing on the first `count` decoder layers and not on the others.
 

@@ -33,7 +33,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import perf, prices
+from . import modeling, perf, prices
 from .config import ConfigError, Params, load_params
 
 GIB = 2**30
@@ -445,8 +445,7 @@ def choose_fit(shape: ModelShape, setup: TrainSetup, params: Params, gpu: GPU) -
     if checkpointing is not True:
         trials += [(m, 0.0) for m in sizes]
     if checkpointing == "auto":
-        some = sorted({layers // 4, layers // 2, 3 * layers // 4} - {0, layers})
-        trials += [(min(sizes), count / layers) for count in some]
+        trials += [(min(sizes), count / layers) for count in modeling.partial_checkpointing(layers)]
     if checkpointing is not False:
         trials += [(m, 1.0) for m in sizes]
     limit = usable_gib(gpu) * GIB

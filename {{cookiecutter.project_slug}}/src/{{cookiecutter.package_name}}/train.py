@@ -172,7 +172,7 @@ def largest_that_fits(model, rows, candidates: list[int], checkpointing: bool | 
             if fits(model, rows, micro_batch, device):
                 return micro_batch, 0
     if checkpointing == "auto":
-        for checkpointed in sorted({layers // 4, layers // 2, 3 * layers // 4} - {0, layers}):
+        for checkpointed in modeling.partial_checkpointing(layers):
             modeling.checkpoint_layers(model, checkpointed)
             if fits(model, rows, candidates[-1], device):
                 return candidates[-1], checkpointed
