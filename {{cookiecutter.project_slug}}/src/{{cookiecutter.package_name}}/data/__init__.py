@@ -1,0 +1,20 @@
+"""Training data: files of any common shape -> chat template -> masked labels -> packed rows.
+
+The `prepare` stage, one job per module:
+  errors    DataError, the one exception users see (`file:line: what`)
+  shapes    reading files and checking each record's shape
+  chat      rendering a record through the chat template and marking the trained tokens
+  packing   best-fit packing of examples into fixed-length rows
+  prepare   the stage itself: read, split, tokenize, pack, write; and loading what it wrote
+"""
+
+from .chat import CHATML_TEMPLATE, IGNORE, ensure_chat_template, tokenize
+from .errors import DataError
+from .packing import Packed, pack
+from .prepare import held_out_prompt, load_prepared, prepare, split
+from .shapes import ROLES, read_records, to_messages
+
+__all__ = [
+    "CHATML_TEMPLATE", "IGNORE", "ROLES", "DataError", "Packed", "ensure_chat_template", "held_out_prompt",
+    "load_prepared", "pack", "prepare", "read_records", "split", "to_messages", "tokenize",
+]
