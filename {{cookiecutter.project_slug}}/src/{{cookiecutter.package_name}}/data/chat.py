@@ -18,6 +18,20 @@ def ensure_chat_template(tokenizer) -> None:
         tokenizer.chat_template = CHATML_TEMPLATE
 
 
+def encode(tokenizer, example: dict, train_on: str, template_source: str = "") -> tuple[list[int], list[int]]:
+    """Token ids and labels (IGNORE where no loss is wanted) for one normalised example.
+
+    `example` is what `shapes.read_examples` yields; `template_source` names where the chat
+    template came from (model id or file), for error messages. Raises DataError without a
+    location: the caller prefixes the record's `file:line`.
+    """
+    if example["kind"] == "text":
+        return tokenize(tokenizer, {"text": example["text"]}, "text", train_on)
+    if example["kind"] == "chat":
+        return tokenize(tokenizer, {"messages": example["messages"]}, "chat", train_on)
+    raise DataError(f"examples of kind {example['kind']!r} are not supported yet")
+
+
 def tokenize(tokenizer, record: dict, fmt: str, train_on: str) -> tuple[list[int], list[int]]:
     """Token ids and labels for one record; labels are IGNORE where no loss is wanted.
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_dir
-from .chat import IGNORE, ensure_chat_template, tokenize
+from .chat import IGNORE, encode, ensure_chat_template
 from .errors import DataError
 from .packing import Packed, pack
-from .shapes import read_records, to_messages
+from .shapes import read_examples
 
 
-def split(records: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split(records: list, val_fraction: float, seed: int) -> tuple[list, list]:
     """Deterministic shuffle-and-split; at least one record on each side."""
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
@@ -35,7 +35,7 @@ def prepare(params, tokenizer=None, log=print) -> dict:
     The data is validated first, so a bad line is reported before a model is downloaded.
     """
     cfg = params.data
-    records = read_records(cfg.path, cfg.format)
+    records = read_examples(cfg.path, cfg.format)
     if tokenizer is None:
         from ..modeling import load_tokenizer
 
@@ -49,8 +49,11 @@ def prepare(params, tokenizer=None, log=print) -> dict:
     splits = {}
     for name, subset in (("train", train_records), ("val", val_records)):
         examples, too_long, no_labels = [], 0, 0
-        for record in subset:
-            ids, labels = tokenize(tokenizer, record, cfg.format, cfg.train_on)
+        for where, example in subset:
+            try:
+                ids, labels = encode(tokenizer, example, cfg.train_on, template_source=params.model.base)
+            except DataError as err:
+                raise DataError(f"{where}: {err}") from None
             if len(ids) > cfg.max_length:
                 too_long += 1
             elif all(label == IGNORE for label in labels[1:]):
@@ -71,17 +74,19 @@ def prepare(params, tokenizer=None, log=print) -> dict:
         )
     summary["max_length"] = cfg.max_length
     summary["tokenizer"] = params.model.base
-    prompts = [held_out_prompt(record, cfg.format) for record in val_records[: params.eval.generations]]
+    prompts = [held_out_prompt(example) for _, example in val_records[: params.eval.generations]]
     _write_prepared(Path(cfg.prepared_dir), splits, summary, prompts)
     return summary
 
 
-def held_out_prompt(record: dict, fmt: str) -> dict:
-    """A validation record cut before its last answer: the prompt and the reference."""
-    if fmt == "text":
-        words = record["text"].split()
+def held_out_prompt(example: dict) -> dict:
+    """A validation example cut before its last answer: the prompt and the reference."""
+    if example["kind"] == "text":
+        words = example["text"].split()
         return {"prompt": " ".join(words[: len(words) // 2]), "reference": " ".join(words[len(words) // 2 :])}
-    messages = to_messages(record, fmt)
+    if example["kind"] == "completion":
+        return {"prompt": example["prompt"], "reference": example["completion"]}
+    messages = example["messages"]
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return {"messages": messages[:last], "reference": messages[last]["content"]}
 

@@ -16,9 +16,33 @@ from .errors import DataError
 ROLES = ("system", "user", "assistant")
 
 
+def read_examples(path: str | Path, fmt: str) -> list[tuple[str, dict]]:
+    """Every record of `path` as `(where, example)`, validated; DataError names the first bad one.
+
+    `where` is `file:line` (or `file:record N`), for error messages about that record later on.
+    `example` is normalised to one of three kinds, whatever shape the file had:
+      {"kind": "chat", "messages": [{"role", "content", ...}], "tools": list | None}
+          messages as transformers' `apply_chat_template` takes them; an assistant message may
+          carry "weight": 0 (context, not trained) or 1
+      {"kind": "text", "text": str}                          every token trained
+      {"kind": "completion", "prompt": str, "completion": str}   plain text, completion trained
+    """
+    path = Path(path)
+    return [(f"{path}:{number}", _normalise(record, fmt)) for number, record in _numbered_records(path, fmt)]
+
+
+def _normalise(record: dict, fmt: str) -> dict:
+    if fmt == "text":
+        return {"kind": "text", "text": record["text"]}
+    return {"kind": "chat", "messages": to_messages(record, fmt), "tools": None}
+
+
 def read_records(path: str | Path, fmt: str) -> list[dict]:
     """Parse and validate every line; raise DataError naming the first bad line."""
-    path = Path(path)
+    return [record for _, record in _numbered_records(Path(path), fmt)]
+
+
+def _numbered_records(path: Path, fmt: str) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found (run `dvc pull` or `make data`)")
     records = []
@@ -33,7 +57,7 @@ def read_records(path: str | Path, fmt: str) -> list[dict]:
             problem = _check_record(record, fmt)
             if problem:
                 raise DataError(f"{path}:{number}: {problem}")
-            records.append(record)
+            records.append((number, record))
     if not records:
         raise DataError(f"{path}: no records (the dataset is empty)")
     return records
