@@ -65,7 +65,8 @@ class LoraParams(_Section):
 
 class DataParams(_Section):
     path: str = "data/raw/support.jsonl"
-    format: Literal["chat", "instruction", "text"] = "chat"
+    # auto = detected from each file's first record; see data/shapes.py for each shape
+    format: Literal["auto", "chat", "sharegpt", "instruction", "completion", "text"] = "auto"
     train_on: Literal["assistant", "all"] = "assistant"  # which tokens carry the loss
     max_length: int = Field(1024, ge=16)
     val_fraction: float = Field(0.1, gt=0, lt=1)

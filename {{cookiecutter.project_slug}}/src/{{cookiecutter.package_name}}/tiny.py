@@ -12,23 +12,24 @@ import json
 from pathlib import Path
 
 from .atomic import atomic_dir
-from .data import CHATML_TEMPLATE
+from .data import CHATML_TEMPLATE, read_examples
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
 
-def corpus(jsonl_path: str | Path):
-    """Every text field of a chat, instruction or text JSONL file."""
-    with open(jsonl_path, encoding="utf-8") as lines:
-        for line in lines:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            for message in record.get("messages", []):
-                yield message.get("content", "")
-            for key in ("instruction", "input", "output", "text"):
-                if isinstance(record.get(key), str):
-                    yield record[key]
+def corpus(data_path: str | Path):
+    """Every text of a dataset of any shape `data.format: auto` reads (messages, prompts, texts)."""
+    for _, example in read_examples(data_path, "auto"):
+        if example["kind"] == "chat":
+            for message in example["messages"]:
+                yield message["content"]
+                for call in message.get("tool_calls", []):
+                    yield json.dumps(call["function"], ensure_ascii=False)
+        elif example["kind"] == "completion":
+            yield example["prompt"]
+            yield example["completion"]
+        else:
+            yield example["text"]
 
 
 def build_tiny_model(out_dir: str | Path, corpus_path: str | Path, vocab_size: int = 1024, seed: int = 0) -> Path:

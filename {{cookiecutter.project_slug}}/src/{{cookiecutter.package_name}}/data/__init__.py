@@ -2,7 +2,8 @@
 
 The `prepare` stage, one job per module:
   errors    DataError, the one exception users see (`file:line: what`)
-  shapes    reading files and checking each record's shape
+  readers   reading files (JSONL, JSON array, CSV, Parquet, folders, datasets) record by record
+  shapes    detecting, checking and normalising each record's shape (chat, sharegpt, ...)
   chat      rendering a record through the chat template and marking the trained tokens
   packing   best-fit packing of examples into fixed-length rows
   prepare   the stage itself: read, split, tokenize, pack, write; and loading what it wrote
@@ -12,9 +13,9 @@ from .chat import CHATML_TEMPLATE, IGNORE, encode, ensure_chat_template, tokeniz
 from .errors import DataError
 from .packing import Packed, pack
 from .prepare import held_out_prompt, load_prepared, prepare, split
-from .shapes import ROLES, read_examples, read_records, to_messages
+from .shapes import FORMATS, ROLES, Examples, read_examples, read_records, to_messages
 
 __all__ = [
-    "CHATML_TEMPLATE", "IGNORE", "ROLES", "DataError", "Packed", "encode", "ensure_chat_template", "held_out_prompt",
+    "CHATML_TEMPLATE", "FORMATS", "IGNORE", "ROLES", "DataError", "Examples", "Packed", "encode", "ensure_chat_template", "held_out_prompt",
     "load_prepared", "pack", "prepare", "read_examples", "read_records", "split", "to_messages", "tokenize",
 ]

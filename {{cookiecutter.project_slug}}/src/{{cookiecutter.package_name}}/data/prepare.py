@@ -35,7 +35,10 @@ def prepare(params, tokenizer=None, log=print) -> dict:
     The data is validated first, so a bad line is reported before a model is downloaded.
     """
     cfg = params.data
-    records = read_examples(cfg.path, cfg.format)
+    examples = read_examples(cfg.path, cfg.format)
+    records = list(examples)
+    shapes = sorted(set(examples.shapes.values()))
+    log(f"read {len(records)} records from {cfg.path} ({', '.join(shapes)})")
     if tokenizer is None:
         from ..modeling import load_tokenizer
 
@@ -45,7 +48,7 @@ def prepare(params, tokenizer=None, log=print) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_records, val_records = split(records, cfg.val_fraction, cfg.seed)
 
-    summary: dict = {"source": str(cfg.path), "records": len(records), "format": cfg.format}
+    summary: dict = {"source": str(cfg.path), "records": len(records), "format": cfg.format, "shapes": shapes}
     splits = {}
     for name, subset in (("train", train_records), ("val", val_records)):
         examples, too_long, no_labels = [], 0, 0
