@@ -340,7 +340,9 @@ class _JsonArray:
                 if char != ",":
                     raise self.error("expected ',' or ']' after a record of the JSON array")
                 self.pos += 1
-                self.peek()
+                if self.peek() in ("]", ""):
+                    raise self.error("expected a record after ',' (a trailing comma is not JSON)" if self.peek()
+                                     else "the JSON array is not closed (missing ']')")
             first = False
             while True:
                 try:
@@ -351,8 +353,8 @@ class _JsonArray:
                     cut_short = err.msg.startswith("Unterminated string") or err.pos >= len(self.buf) - 8
                     if len(self.buf) - self.pos > MAX_RECORD_BYTES:
                         raise _too_long(self.path, self.line(self.pos), len(self.buf) - self.pos, exact=False) from None
+                    line = self.base + err.lineno - 1  # before more() moves the buffer
                     if not cut_short or not self.more():
-                        line = self.base + err.lineno - 1
                         raise DataError(f"{self.path}:{line}: not valid JSON ({err.msg} at column {err.colno})") from None
             yield f"{self.path}:{self.line(self.pos)}", record
             self.pos = end
