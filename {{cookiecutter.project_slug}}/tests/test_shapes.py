@@ -340,6 +340,17 @@ def test_json_array_errors_name_the_line(tmp_path, text, line, error):
     assert str(err.value).startswith(f"{path}:{line}: {error}")
 
 
+def test_a_json_file_holding_one_object_is_told_what_json_files_may_hold(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(SHAPES["chat"][0], indent=2))
+    with pytest.raises(data.DataError) as err:
+        list(data.read_examples(path))
+    assert str(err.value) == (
+        f"{path}:1: not valid JSON (Expecting property name enclosed in double quotes at column 2) "
+        "(a .json file is read as one JSON array of records, or as JSON Lines: one record per line)"
+    )
+
+
 def test_json_array_records_cut_by_the_read_ahead_are_read_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(readers, "_CHUNK", 7)  # every record spans several reads
     records = [{"text": f"record {i} " + "é" * i} for i in range(30)]

@@ -272,9 +272,21 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
+        except json.JSONDecodeError:
+            err = _json_error(line.rstrip("\r\n"))  # columns on this line, not past its line break
+            hint = " (a .json file is read as one JSON array of records, or as JSON Lines: one record per line)"
+            raise DataError(
+                f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})" + (hint if path.suffix == ".json" else "")
+            ) from None
         yield f"{path}:{number}", record
+
+
+def _json_error(text: str) -> json.JSONDecodeError:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as err:
+        return err
+    raise AssertionError("expected a JSON error")  # pragma: no cover
 
 
 class _JsonArray:

@@ -271,6 +271,8 @@ def _conversation(messages: list[dict], tools: list[dict] | None) -> dict:
 
 
 def _message(message: object, at: str) -> dict:
+    if type(message) is dict and len(message) == 2 and type(message.get("content")) is str and message.get("role") in ROLES:
+        return {"role": message["role"], "content": message["content"]}  # the common case, fast
     if not isinstance(message, dict):
         raise _Bad(f"{at} is not an object")
     role = message.get("role")
