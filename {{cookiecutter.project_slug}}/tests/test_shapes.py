@@ -176,6 +176,32 @@ def test_openai_tool_calls_weights_and_content_parts(tmp_path):
     assert [e for _, e in data.read_examples(write(tmp_path / "data", "parquet", [record]))] == [example]
 
 
+def test_parquet_tool_calls_keep_only_their_own_arguments(tmp_path):
+    """Arrow gives every struct in a column the keys of all of them; the nulls it adds are dropped."""
+    def record(arguments, parameters):
+        return {
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": parameters}}}],
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": arguments}}]},
+                {"role": "tool", "content": "ok"},
+                {"role": "assistant", "content": "a"},
+            ],
+        }
+
+    records = [record({"region": "us"}, {"region": {"type": "string"}}),
+               record({"city": "Paris", "days": 2}, {"city": {"type": "string"}, "days": {"type": "integer"}})]
+    from_parquet = [e for _, e in data.read_examples(write(tmp_path / "data", "parquet", records))]
+    assert from_parquet == [e for _, e in data.read_examples(write(tmp_path / "data", "jsonl", records))]
+    assert [e["messages"][1]["tool_calls"][0]["function"]["arguments"] for e in from_parquet] == [
+        {"region": "us"}, {"city": "Paris", "days": 2}]
+    assert [list(e["tools"][0]["function"]["parameters"]["properties"]) for e in from_parquet] == [["region"], ["city", "days"]]
+    # A structured tool result (JSON Lines can hold one) becomes the JSON text the model saw.
+    records[0]["messages"][2]["content"] = {"status": "ok"}
+    [(_, example), _] = data.read_examples(write(tmp_path / "data", "jsonl", records))
+    assert example["messages"][2] == {"role": "tool", "content": '{"status": "ok"}'}
+
+
 def test_sharegpt_function_calls_tools_and_system_column(tmp_path):
     record = {
         "system": "You are support.",

@@ -106,7 +106,7 @@ class Source:
             columns = list(batch)
             for values in zip(*(batch[c] for c in columns), strict=True):
                 number += 1
-                yield f"{self.label}:record {number}", dict(zip(columns, values, strict=True))
+                yield f"{self.label}:record {number}", _without_arrow_nulls(dict(zip(columns, values, strict=True)))
 
 
 def resolve(path: str | Path) -> list[Source]:
@@ -449,4 +449,30 @@ def _parquet_records(path: Path) -> Iterator[tuple[str, object]]:
             return
         for record in batch.to_pylist():
             number += 1
-            yield f"{path}:record {number}", record
+            yield f"{path}:record {number}", _without_arrow_nulls(record)
+
+
+def _without_arrow_nulls(record: dict) -> dict:
+    """Undo what Arrow's one-schema-per-column does to tool calls and tool definitions.
+
+    A column of structs has one set of keys, so every tool call's arguments (and every tool's
+    parameter schema) get the keys of all the others, as nulls: rendered as they are, the model
+    would be trained on arguments nobody passed. Nulls are dropped there; elsewhere a null is
+    an absent key already (see shapes)."""
+    for key in ("messages", "prompt", "completion"):
+        for message in record.get(key) if isinstance(record.get(key), list) else ():
+            for call in (message.get("tool_calls") or ()) if isinstance(message, dict) else ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict) and isinstance(function.get("arguments"), dict):
+                    function["arguments"] = _drop_nulls(function["arguments"])
+    if isinstance(record.get("tools"), list):
+        record["tools"] = _drop_nulls(record["tools"])
+    return record
+
+
+def _drop_nulls(value):
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value

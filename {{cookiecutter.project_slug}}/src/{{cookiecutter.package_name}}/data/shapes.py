@@ -167,7 +167,7 @@ def _unknown_shape(record: object) -> str:
 
 
 def _kind_of(value: object) -> str:
-    return {list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(type(value), "a number")
+    return {list: "a list", dict: "an object", str: "a string", type(None): "null", bool: "a boolean"}.get(type(value), "a number")
 
 
 def _object(record: object) -> dict:
@@ -282,7 +282,10 @@ def _message(message: object, at: str) -> dict:
     calls = message.get("tool_calls")
     if calls is None and isinstance(message.get("function_call"), dict):  # OpenAI's legacy function calling
         calls = [message["function_call"]]
-    content = _content(message.get("content"), at)
+    content = message.get("content")
+    if role == "tool" and isinstance(content, dict):  # a structured tool result: the JSON text the model saw
+        content = json.dumps(content, ensure_ascii=False)
+    content = _content(content, at)
     if content is None:
         if role != "assistant" or not calls:
             what = "missing 'content'" if "content" not in message else "'content' is null"
