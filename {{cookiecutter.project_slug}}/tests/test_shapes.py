@@ -473,6 +473,17 @@ def test_a_saved_dataset_dict_and_its_splits(tmp_path):
         list(data.read_examples(f"{folder}@dev"))
 
 
+def test_a_dataset_whose_messages_are_a_sequence_feature(tmp_path):
+    """`datasets`' Sequence of a dict hands a conversation over as a dict of lists."""
+    import datasets
+
+    features = datasets.Features({"conversations": datasets.Sequence({"from": datasets.Value("string"), "value": datasets.Value("string")})})
+    turns = SHAPES["sharegpt"][0]["conversations"]
+    columns = {"from": [t["from"] for t in turns], "value": [t["value"] for t in turns]}
+    datasets.Dataset.from_dict({"conversations": [columns]}, features=features).save_to_disk(str(tmp_path / "saved"))
+    assert [e for _, e in data.read_examples(tmp_path / "saved")] == [SHAPES["sharegpt"][1]]
+
+
 def test_hub_datasets_load_through_datasets(tmp_path, monkeypatch):
     """`hf:<id>` goes to `datasets.load_dataset`, as for the hub; a local data folder stands in
     for a hub repository (nothing can be downloaded here)."""

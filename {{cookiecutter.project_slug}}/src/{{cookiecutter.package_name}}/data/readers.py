@@ -458,7 +458,14 @@ def _without_arrow_nulls(record: dict) -> dict:
     A column of structs has one set of keys, so every tool call's arguments (and every tool's
     parameter schema) get the keys of all the others, as nulls: rendered as they are, the model
     would be trained on arguments nobody passed. Nulls are dropped there; elsewhere a null is
-    an absent key already (see shapes)."""
+    an absent key already (see shapes). A list of messages that `datasets` hands over as a
+    dict of lists (its `Sequence` of a dict feature) becomes a list of dicts again."""
+    for key in ("messages", "conversations", "prompt", "completion"):
+        if key in record:
+            record[key] = _list_of_dicts(record[key])
+        for message in record.get(key) if isinstance(record.get(key), list) else ():
+            if isinstance(message, dict) and "tool_calls" in message:
+                message["tool_calls"] = _list_of_dicts(message["tool_calls"])
     for key in ("messages", "prompt", "completion"):
         for message in record.get(key) if isinstance(record.get(key), list) else ():
             for call in (message.get("tool_calls") or ()) if isinstance(message, dict) else ():
@@ -468,6 +475,15 @@ def _without_arrow_nulls(record: dict) -> dict:
     if isinstance(record.get("tools"), list):
         record["tools"] = _drop_nulls(record["tools"])
     return record
+
+
+def _list_of_dicts(value):
+    """{"role": [a, b], "content": [c, d]} -> [{"role": a, "content": c}, {"role": b, "content": d}]."""
+    if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
+        columns = list(value.values())
+        if len({len(c) for c in columns}) == 1:
+            return [dict(zip(value, row, strict=True)) for row in zip(*columns, strict=True)]
+    return value
 
 
 def _drop_nulls(value):
