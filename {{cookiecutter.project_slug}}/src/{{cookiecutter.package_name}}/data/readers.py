@@ -102,7 +102,7 @@ class Source:
 
     def _dataset_records(self) -> Iterator[tuple[str, object]]:
         number = 0
-        for batch in self.dataset.iter(batch_size=1024):
+        for batch in self.dataset.with_format(None).iter(batch_size=1024):  # plain Python values, whatever format it was saved with
             columns = list(batch)
             for values in zip(*(batch[c] for c in columns), strict=True):
                 number += 1
