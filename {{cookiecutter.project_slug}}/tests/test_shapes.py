@@ -390,7 +390,7 @@ def test_json_array_records_cut_by_the_read_ahead_are_read_whole(tmp_path, monke
 @pytest.mark.parametrize("text, line, error", [
     ("text,source\nhello,a\nworld\n", 3, "1 fields, but the header has 2"),
     ('messages\n"[{""role"": ""user""}"\n', 2, "column 'messages' is not valid JSON"),
-    ("text,text\na,b\n", 1, "the header row needs a distinct, non-empty name for every column"),
+    ("text,text\na,b\n", 1, "the header row names a column more than once ('text')"),
 ])
 def test_csv_errors_name_the_line(tmp_path, text, line, error):
     path = tmp_path / "data.csv"
@@ -405,6 +405,9 @@ def test_csv_rows_may_span_lines_and_tsv_is_read_too(tmp_path):
     path.write_text('instruction,output\n"Say\nhello",hello\n\nAsk,"why, then?"\n')
     assert [(w, e["messages"][0]["content"]) for w, e in data.read_examples(path)] == [
         (f"{path}:2", "Say\nhello"), (f"{path}:5", "Ask")]
+    pandas = tmp_path / "pandas.csv"  # with the unnamed index column pandas writes by default
+    pandas.write_text(",text\n0,first\n1,second\n")
+    assert [e["text"] for _, e in data.read_examples(pandas)] == ["first", "second"]
     tsv = tmp_path / "data.tsv"
     tsv.write_text("prompt\tcompletion\n[INST] q\ta, b\n")
     assert [e for _, e in data.read_examples(tsv)] == [{"kind": "completion", "prompt": "[INST] q", "completion": "a, b"}]

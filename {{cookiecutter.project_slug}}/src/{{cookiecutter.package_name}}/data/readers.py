@@ -390,8 +390,9 @@ def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[str, object]]:
         header = next(reader, None)
         if header is None:
             return
-        if len(set(header)) != len(header) or not all(name.strip() for name in header):
-            raise DataError(f"{path}:1: the header row needs a distinct, non-empty name for every column")
+        if len(set(header)) != len(header):  # (an unnamed column, as pandas writes its index, is fine)
+            twice = sorted({name for name in header if header.count(name) > 1})
+            raise DataError(f"{path}:1: the header row names a column more than once ({', '.join(map(repr, twice))})")
         while True:
             start = current + 1
             row = next(reader, None)
