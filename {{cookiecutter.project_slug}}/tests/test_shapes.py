@@ -500,6 +500,8 @@ def test_hub_datasets_load_through_datasets(tmp_path, monkeypatch):
     assert data.read_examples(f"hf:{repo}@test").count() == 1
     with pytest.raises(data.DataError, match=r"^hf:nobody/no-such-dataset: cannot load the dataset \(\w+: "):
         list(data.read_examples("hf:nobody/no-such-dataset"))  # HF_HUB_OFFLINE=1 in the tests
+    [source] = readers.resolve("hf:owner/name:subset@test#0123abc")
+    assert (source.path, source.subset, source.split, source.revision) == ("owner/name", "subset", "test", "0123abc")
 
 
 def test_missing_and_empty_data(tmp_path):

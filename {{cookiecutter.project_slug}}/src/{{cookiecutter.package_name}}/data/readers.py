@@ -8,8 +8,9 @@
   a Parquet file     .parquet, read in batches with pyarrow
   a folder           every such file inside it (sub-folders too), in sorted path order
   a saved dataset    a folder written by `datasets`' `save_to_disk`; `folder@split` picks a split
-  a hub dataset      `hf:owner/name`, `hf:owner/name@split`, `hf:owner/name:subset@split`
-                     (split `train` unless named), through `datasets.load_dataset`
+  a hub dataset      `hf:owner/name`, `hf:owner/name@split`, `hf:owner/name:subset@split`, and
+                     `#revision` after any of them (split `train` unless named), through
+                     `datasets.load_dataset`
 
 Every record comes with `where`, for messages about it: `file:line` for text files (the line
 a record starts on), `file:record N` for Parquet and datasets (N counts from 1).
@@ -49,9 +50,10 @@ _MAYBE_JSON_COLUMNS = ("prompt", "completion")
 class Source:
     """One file or dataset of `data.path`: its records, and how many there are."""
 
-    def __init__(self, kind: str, path: str, split: str | None = None, subset: str | None = None):
-        self.kind, self.path, self.split, self.subset = kind, path, split, subset
-        self.label = path if kind != "hub" else f"hf:{path}" + (f":{subset}" if subset else "") + (f"@{split}" if split else "")
+    def __init__(self, kind: str, path: str, split: str | None = None, subset: str | None = None,
+                 revision: str | None = None, label: str | None = None):
+        self.kind, self.path, self.split, self.subset, self.revision = kind, path, split, subset, revision
+        self.label = label or path
 
     def records(self) -> Iterator[tuple[str, object]]:
         if self.kind == "jsonl":
@@ -84,7 +86,7 @@ class Source:
             if self.kind == "saved":
                 loaded = datasets.load_from_disk(self.path)
             else:
-                loaded = datasets.load_dataset(self.path, self.subset, split=self.split or "train")
+                loaded = datasets.load_dataset(self.path, self.subset, split=self.split or "train", revision=self.revision)
         except Exception as err:  # the library's many error types all mean "cannot load it"
             what = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise DataError(f"{self.label}: cannot load the dataset ({type(err).__name__}: {what})") from None
@@ -137,12 +139,12 @@ def resolve(path: str | Path) -> list[Source]:
 
 
 def _hub_source(text: str) -> Source:
-    spec = text[len("hf:"):]
+    spec, _, revision = text[len("hf:"):].partition("#")
     spec, _, split = spec.partition("@")
     name, _, subset = spec.partition(":")
     if not name:
         raise DataError(f"{text}: name a dataset, e.g. hf:owner/name, hf:owner/name@split or hf:owner/name:subset@split")
-    return Source("hub", name, split=split or None, subset=subset or None)
+    return Source("hub", name, split=split or None, subset=subset or None, revision=revision or None, label=text)
 
 
 def _is_saved_dataset(path: Path) -> bool:
