@@ -116,7 +116,8 @@ class Examples:
 def read_examples(path: str | Path, fmt: str = "auto") -> Examples:
     """Every record of `path` as `(where, example)`, validated; DataError names the first bad one.
 
-    Lazy: records are read, checked and normalised one at a time, as they are iterated.
+    Lazy: records are read, checked and normalised one at a time, as they are iterated; each
+    iteration reads the data again, and `.count()` says how many records there are cheaply.
     `where` is `file:line` (or `file:record N`), for error messages about that record later on.
     `example` is normalised to one of three kinds, whatever shape the file had:
       {"kind": "chat", "messages": [{"role", "content", ...}], "tools": list | None}
@@ -132,7 +133,11 @@ def read_examples(path: str | Path, fmt: str = "auto") -> Examples:
 
 
 def normalise(record: object, fmt: str) -> dict:
-    """One record of shape `fmt` as a normalised example; DataError (no location) if it does not fit."""
+    """One record of shape `fmt` (or `auto`) as a normalised example; DataError (no location) if it does not fit."""
+    if fmt == "auto":
+        fmt = detect(record)
+        if fmt is None:
+            raise DataError(_unknown_shape(record))
     try:
         return _NORMALISERS[fmt](_object(record))
     except _Bad as problem:
@@ -410,8 +415,7 @@ def read_records(path: str | Path, fmt: str) -> list[dict]:
 
 def to_messages(record: dict, fmt: str) -> list[dict]:
     """A chat, sharegpt, instruction or conversational completion record's normalised messages."""
-    shape = detect(record) if fmt == "auto" else fmt
-    example = normalise(record, shape) if shape in _NORMALISERS else None
+    example = normalise(record, fmt) if fmt in FORMATS else None
     if example is None or example["kind"] != "chat":
         raise ValueError(f"format {fmt!r} has no messages")
     return example["messages"]
