@@ -209,9 +209,9 @@ def _position(line: int, raw: bytes, index: int) -> tuple[int, int]:
 
 
 def _too_long(path: Path, number: int, size: int, exact: bool) -> DataError:
-    measured = f"{size / 2**20:,.0f} MiB" if exact else f"over {size / 2**20:,.0f} MiB"
+    measured = f"a record of {size / 2**20:,.0f} MiB, more than" if exact else "a record of more than"
     return DataError(
-        f"{path}:{number}: a record of {measured}, more than the {MAX_RECORD_BYTES // 2**20} MiB one record may have "
+        f"{path}:{number}: {measured} the {MAX_RECORD_BYTES // 2**20} MiB one record may have "
         f"(a missing line break, or not a text file?)"
     )
 
