@@ -8,7 +8,7 @@ The `prepare` stage, one job per module:
   prepare   the stage itself: read, split, tokenize, pack, write; and loading what it wrote
 """
 
-from .chat import CHATML_TEMPLATE, IGNORE, encode, ensure_chat_template, tokenize
+from .chat import CHATML_TEMPLATE, IGNORE, encode, ensure_chat_template
 from .errors import DataError
 from .packing import Packed, pack
 from .prepare import held_out_prompt, load_prepared, prepare, split
@@ -16,5 +16,5 @@ from .shapes import ROLES, read_examples, read_records, to_messages
 
 __all__ = [
     "CHATML_TEMPLATE", "IGNORE", "ROLES", "DataError", "Packed", "encode", "ensure_chat_template", "held_out_prompt",
-    "load_prepared", "pack", "prepare", "read_examples", "read_records", "split", "to_messages", "tokenize",
+    "load_prepared", "pack", "prepare", "read_examples", "read_records", "split", "to_messages",
 ]
