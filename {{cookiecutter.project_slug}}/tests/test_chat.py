@@ -245,3 +245,19 @@ def test_prepare_stops_on_a_failing_template_with_file_line_and_exit_2(tmp_path,
     assert result.stderr.startswith(f"error: {path}:3: {model_dir}: the chat template fails on this conversation")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "prepared").exists()
+
+
+def test_prepare_show_marks_the_trained_text_and_writes_nothing(tmp_path, tiny_model_dir, sample_data):
+    lines = [line for line in sample_data.read_text().splitlines() if line.strip()]
+    first = json.loads(lines[0])["messages"]
+    result = run_cli("prepare", "--show", "2", "--set", f"model.base={tiny_model_dir}", "--set", f"data.path={sample_data}",
+                     "--set", f"data.prepared_dir={tmp_path / 'prepared'}")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith(f"2 of {len(lines)} examples of {sample_data}") and "trained text between [[ and ]]" in out
+    assert f"--- {sample_data}:1: " in out and f"--- {sample_data}:2: " in out and f"{sample_data}:3:" not in out
+    answers = [m["content"] for m in first if m["role"] == "assistant"]
+    for answer in answers:
+        assert f"<|im_start|>assistant\n[[{answer}<|im_end|>\n]]" in out
+    assert f"[[{first[1]['content']}" not in out and f"{first[1]['content']}" in out  # the user turn: shown, not trained
+    assert not (tmp_path / "prepared").exists()

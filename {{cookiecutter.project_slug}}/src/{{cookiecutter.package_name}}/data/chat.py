@@ -375,6 +375,20 @@ def _find_header_end(text: str, headers: list[str], start: int) -> int:
     return at + len(next(h for h in headers if text.startswith(h, at)))
 
 
+def template_notes(tokenizer, source: str = "") -> str:
+    """What the analysis found in the chat template, in words (for `prepare --show`)."""
+    template = _analyse(tokenizer, source)
+    if template.generation_blocks:
+        return f"chat template of {template.source}: trained text marked by its own generation blocks"
+    lines = [
+        f"chat template of {template.source}: assistant header {template.headers[0] if template.headers else ''!r}, "
+        f"end of turn {template.turn_end!r}, end of the last turn {template.last_end!r}"
+    ]
+    if template.merge_system:
+        lines.append("it has no system role: system prompts are merged into the first user message")
+    return "\n".join(lines)
+
+
 _TEMPLATES: dict[tuple, Template] = {}
 
 
