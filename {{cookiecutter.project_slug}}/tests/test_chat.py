@@ -151,6 +151,9 @@ def test_template_without_system_role_gets_it_in_the_first_user_message(real_tok
     encoded = encode(tokenizer, conversation(CHAT))
     assert "<start_of_turn>user\nYou are support.\n\nMy sync fails.<end_of_turn>" in encoded.text
     assert trained(tokenizer, encoded) == "Restart the app.<end_of_turn>\nSend us the log.<end_of_turn>\n"
+    # Held-out prompts are rendered the same way for evaluation.
+    prompt = chat.render_prompt(tokenizer, CHAT[:4])
+    assert prompt == encoded.text[: encoded.text.index("Send us the log.")]
 
 
 def test_eos_appended_without_generation_prompt(real_tokenizer):

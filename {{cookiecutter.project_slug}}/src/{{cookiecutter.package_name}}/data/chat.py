@@ -127,6 +127,16 @@ def encode_example(tokenizer, example: dict, train_on: str, template_source: str
     return Encoded(text, ids, _labels(ids, offsets, spans), offsets)
 
 
+def render_prompt(tokenizer, messages: list[dict], tools: list | None = None, template_source: str = "") -> str:
+    """A conversation rendered up to the assistant's next answer (the generation prompt), the
+    way training rendered it: a system prompt merged where the template has no system role."""
+    template = _analyse(tokenizer, template_source)
+    messages = [{key: value for key, value in message.items() if value is not None} for message in messages]
+    if template.merge_system:
+        messages = _merge_system(messages)
+    return template.render(messages, tools or None, add_generation_prompt=True)
+
+
 def _with_eos(tokenizer, encoded: Encoded, eos: list[int]) -> Encoded:
     if not eos:
         return encoded
@@ -390,12 +400,19 @@ def template_notes(tokenizer, source: str = "") -> str:
 
 
 _TEMPLATES: dict[tuple, Template] = {}
+_LAST: list = [None, None, None, None]  # tokenizer, template text, source, analysis: the common case, checked fast
 
 
 def _analyse(tokenizer, source: str) -> Template:
+    """The template's analysis, made once per template and tokenizer (the probe renders and
+    tokenizes a few texts: too slow to repeat per conversation)."""
     ensure_chat_template(tokenizer)
+    last_tokenizer, last_template, last_source, analysis = _LAST
+    if last_tokenizer is tokenizer and last_template is tokenizer.chat_template and last_source == source:
+        return analysis
     key = (tokenizer.chat_template, getattr(tokenizer, "name_or_path", ""), len(tokenizer), source,
            tuple(sorted(tokenizer.special_tokens_map.items(), key=str)))
     if key not in _TEMPLATES:
         _TEMPLATES[key] = Template(tokenizer, source)
+    _LAST[:] = [tokenizer, tokenizer.chat_template, source, _TEMPLATES[key]]
     return _TEMPLATES[key]
