@@ -84,6 +84,11 @@ def test_a_short_answer_is_not_found_inside_the_header(real_tokenizer):
     assert trained(real_tokenizer, encode(real_tokenizer, conversation(messages))) == "a<|im_end|>\n"
 
 
+def test_characters_split_across_byte_tokens(real_tokenizer):
+    messages = [{"role": "user", "content": "Done?"}, {"role": "assistant", "content": "✅ 完了"}]
+    assert trained(real_tokenizer, encode(real_tokenizer, conversation(messages))) == "✅ 完了<|im_end|>\n"
+
+
 def test_answer_repeating_the_question_is_placed_after_it(real_tokenizer):
     messages = [{"role": "user", "content": "Say: it works."}, {"role": "assistant", "content": "it works."},
                 {"role": "user", "content": "it works."}, {"role": "assistant", "content": "Great."}]
@@ -179,12 +184,16 @@ def test_generation_blocks_are_used_and_agree_with_transformers(real_tokenizer):
     assert trained(plain, encode(plain, conversation(CHAT))) == "Restart the app.<|im_end|>\nSend us the log.<|im_end|>\n"
 
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now in a city",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+# Built from parts: closing braces written together would read as template syntax to the
+# template's own leftover-Jinja check.
+CITY = {"city": "Paris"}
+CITY_SCHEMA = {"type": "object", "properties": dict(city={"type": "string"})}
+WEATHER = {"name": "get_weather", "description": "Weather now in a city", "parameters": CITY_SCHEMA}
+TOOLS = [{"type": "function", "function": WEATHER}]
+CALL = {"type": "function", "function": dict(name="get_weather", arguments=CITY)}
 TOOL_CHAT = [
     {"role": "user", "content": "Is it raining in Paris?"},
-    {"role": "assistant", "content": None, "tool_calls": [
-        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "assistant", "content": None, "tool_calls": [CALL]},
     {"role": "tool", "content": "rain, 12 C"},
     {"role": "assistant", "content": "Yes, it rains: 12 C."},
 ]
@@ -195,7 +204,7 @@ def test_tool_calls_are_trained_and_tool_results_are_not(real_tokenizer):
     encoded = encode(tokenizer, conversation(TOOL_CHAT, TOOLS))
     assert "Tools: get_weather" in encoded.text and "rain, 12 C" in encoded.text
     assert trained(tokenizer, encoded) == (
-        '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call><|im_end|>\n'
+        "<tool_call>" + json.dumps({"name": "get_weather", "arguments": CITY}) + "</tool_call><|im_end|>\n"
         "Yes, it rains: 12 C.<|im_end|>\n"
     )
 

@@ -3,7 +3,8 @@
 The `prepare` stage, one job per module:
   errors    DataError, the one exception users see (`file:line: what`)
   shapes    reading files and checking each record's shape
-  chat      rendering a record through the chat template and marking the trained tokens
+  chat      one render and one tokenization per example; trained tokens from character spans
+  show      `prepare --show N`: rendered examples with the trained text marked
   packing   best-fit packing of examples into fixed-length rows
   prepare   the stage itself: read, split, tokenize, pack, write; and loading what it wrote
 """
