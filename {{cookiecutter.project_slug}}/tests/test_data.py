@@ -11,47 +11,6 @@ def tokenizer(tiny_model_dir):
     return modeling.load_tokenizer(str(tiny_model_dir))
 
 
-def trained_text(tokenizer, ids, labels):
-    return tokenizer.decode([i for i, label in zip(ids, labels, strict=True) if label != data.IGNORE])
-
-
-CHAT = {
-    "messages": [
-        {"role": "system", "content": "You are support."},
-        {"role": "user", "content": "My sync fails."},
-        {"role": "assistant", "content": "Restart the app."},
-        {"role": "user", "content": "Still failing."},
-        {"role": "assistant", "content": "Send us the log."},
-    ]
-}
-
-
-def test_chat_loss_only_on_assistant_turns(tokenizer):
-    ids, labels = data.tokenize(tokenizer, CHAT, "chat", "assistant")
-    assert len(ids) == len(labels)
-    assert trained_text(tokenizer, ids, labels) == "Restart the app.<|im_end|>\nSend us the log.<|im_end|>\n"
-    # The whole conversation is still in the input, as the chat template renders it.
-    assert tokenizer.decode(ids) == tokenizer.apply_chat_template(CHAT["messages"], tokenize=False)
-
-
-def test_train_on_all_trains_every_token(tokenizer):
-    ids, labels = data.tokenize(tokenizer, CHAT, "chat", "all")
-    assert labels == ids
-
-
-def test_instruction_format_trains_on_output_only(tokenizer):
-    record = {"instruction": "Translate to French", "input": "hello", "output": "bonjour"}
-    ids, labels = data.tokenize(tokenizer, record, "instruction", "assistant")
-    assert trained_text(tokenizer, ids, labels) == "bonjour<|im_end|>\n"
-    assert "Translate to French\n\nhello" in tokenizer.decode(ids)
-
-
-def test_text_format_trains_everything_and_ends_with_eos(tokenizer):
-    ids, labels = data.tokenize(tokenizer, {"text": "plain words"}, "text", "assistant")
-    assert labels == ids
-    assert ids[-1] == tokenizer.eos_token_id
-
-
 def test_packing_fills_rows_and_masks_example_starts():
     examples = [([1] * n, [5] * n) for n in (7, 5, 3, 3, 2)]
     packed = data.pack(examples, max_length=10, pad_id=0)

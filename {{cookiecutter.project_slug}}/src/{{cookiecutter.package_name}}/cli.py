@@ -71,9 +71,14 @@ def resolve_params(args) -> Params:
     return params
 
 
-def cmd_prepare(params: Params) -> None:
+def cmd_prepare(params: Params, show: int | None = None) -> None:
     from . import data
 
+    if show is not None:
+        from .data.show import show_examples
+
+        show_examples(params, show, color=sys.stdout.isatty())
+        return
     data.prepare(params)
 
 
@@ -154,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help="auto: continue from the newest valid checkpoint of this configuration (default for train); "
                 "never: start afresh; or a checkpoint directory",
             )
+        if name == "prepare":
+            sub.add_argument(
+                "--show", type=int, metavar="N",
+                help="print the first N examples as rendered for the model, the trained part marked; write nothing",
+            )
         if name == "merge":
             sub.add_argument("--out", help="output directory (default: <train.output_dir>/merged)")
             sub.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -214,6 +224,8 @@ def run_command(argv: list[str] | None) -> int:
             cmd_train(params, args.resume)
         elif args.command == "smoke":
             cmd_smoke(params, args.resume)
+        elif args.command == "prepare":
+            cmd_prepare(params, args.show)
         else:
             COMMANDS[args.command][0](params)
     except (ConfigError, DataError, ModelNotFound, IncompatibleCheckpoint) as err:

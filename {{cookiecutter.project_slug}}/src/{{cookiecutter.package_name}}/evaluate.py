@@ -33,7 +33,7 @@ def generate_answers(model, tokenizer, prompts: list[dict], max_new_tokens: int,
     results = []
     for prompt in prompts:
         if "messages" in prompt:
-            text = tokenizer.apply_chat_template(prompt["messages"], tokenize=False, add_generation_prompt=True)
+            text = data.chat.render_prompt(tokenizer, prompt["messages"])  # as training rendered it
         else:
             text = prompt["prompt"]
         inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
