@@ -180,10 +180,10 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_an_interrupted_prepare_leaves_the_previous_output_and_no_process(make_params, tmp_path, how):
     big = tmp_path / "big.jsonl"
-    subprocess.run([sys.executable, str(PROJECT / "scripts/make_sample_data.py"), "--out", str(big), "--count", "20000"],
+    subprocess.run([sys.executable, str(PROJECT / "scripts/make_sample_data.py"), "--out", str(big), "--count", "4000"],
                    check=True, capture_output=True)
     params = make_params()
     data.prepare(params, **quiet)  # a previous, complete output

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from collections import deque
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
@@ -124,31 +125,42 @@ def _encode_chunk(examples: list[dict]):
     return lengths, trained, np.array(ids, dtype=np.int32), labels
 
 
-def _encoded_chunks(chunks, tokenizer, train_on: str, template_source: str, num_proc: int):
-    """_encode_chunk of each chunk, in order; on `num_proc` processes, a few chunks ahead."""
+@contextmanager
+def _tokenizing(tokenizer, train_on: str, template_source: str, num_proc: int):
+    """A function from chunks to (chunk, _encode_chunk(chunk)), in order; on `num_proc`
+    processes, reading at most a few chunks ahead of them."""
     global _WORKER
     if num_proc <= 1:  # right here, in this process
         _WORKER = (tokenizer, train_on, template_source)
-        for chunk in chunks:
-            yield chunk, _encode_chunk(chunk[1])
+        yield lambda chunks: ((chunk, _encode_chunk(chunk[1])) for chunk in chunks)
         return
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    # Tokenizing processes encode one example at a time; the tokenizer's own threads would
-    # only compete with them (and fork prints a warning when they have run).
+    # Each process encodes one example at a time; the tokenizer's own threads would only
+    # compete with them (and a fork after they ran prints a warning).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    pool = ProcessPoolExecutor(num_proc, initializer=_start_worker, initargs=(tokenizer, train_on, template_source))
+    # Forked processes start at once and inherit the tokenizer; elsewhere it is pickled once per process.
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    pool = ProcessPoolExecutor(num_proc, mp_context=context, initializer=_start_worker,
+                               initargs=(tokenizer, train_on, template_source))
     try:
-        pending = deque()
-        for chunk in chunks:
-            # Bounded: reading never runs more than a few chunks ahead of tokenizing.
-            pending.append((chunk, pool.submit(_encode_chunk, chunk[1])))
-            if len(pending) >= 2 * num_proc:
+        # Start them now, before the progress bar starts its thread: a process that forks
+        # while other threads run can leave a lock held in the child.
+        pool.submit(int).result()
+
+        def encoded(chunks):
+            pending = deque()
+            for chunk in chunks:
+                pending.append((chunk, pool.submit(_encode_chunk, chunk[1])))
+                if len(pending) >= 2 * num_proc:
+                    chunk, future = pending.popleft()
+                    yield chunk, future.result()
+            while pending:
                 chunk, future = pending.popleft()
                 yield chunk, future.result()
-        while pending:
-            chunk, future = pending.popleft()
-            yield chunk, future.result()
+
+        yield encoded
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -180,71 +192,67 @@ def prepare(params, tokenizer=None, log=print) -> dict:
     if cfg.format != "text":
         ensure_chat_template(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    num_proc = num_processes(cfg.num_proc)
 
     with atomic_dir(cfg.prepared_dir) as tmp:
         store = TokenStore(tmp / ".tokens")
-        trained_parts = []
-        # The held-out prompts: the first validation records, i.e. the smallest split keys so far.
-        prompt_heap: list[tuple[int, int, dict]] = []
-        n = 0
-        bar = tqdm(desc="tokenize", unit=" examples", file=sys.stderr, mininterval=_refresh())
-        try:
-            chunks = _chunks(read_examples(cfg.path, cfg.format), CHUNK)
-            for (wheres, examples), result in _encoded_chunks(chunks, tokenizer, cfg.train_on, params.model.base, num_proc):
-                if len(result) == 2:
-                    k, message = result
-                    raise DataError(f"{wheres[k]}: {message}")
-                lengths, trained, ids, labels = result
-                store.append(ids, labels, lengths)
-                trained_parts.append(trained)
-                keys = _split_keys(np.arange(n, n + len(examples)), cfg.seed).tolist()
-                for k, key in enumerate(keys):
-                    if len(prompt_heap) < params.eval.generations:
-                        heapq.heappush(prompt_heap, (-key, n + k, held_out_prompt(examples[k])))
-                    elif prompt_heap and -key > prompt_heap[0][0]:
-                        heapq.heapreplace(prompt_heap, (-key, n + k, held_out_prompt(examples[k])))
-                n += len(examples)
-                bar.update(len(examples))
-        finally:
-            bar.close()
+        trained, prompts = _tokenize(params, tokenizer, store)
         lengths, offsets = store.close()
-        if n == 0:
-            raise DataError(f"{cfg.path}: no records (the dataset is empty)")
-        trained = np.concatenate(trained_parts)
-
+        n = len(lengths)
         val = validation_records(n, cfg.val_fraction, cfg.seed)
         is_val = np.zeros(n, dtype=bool)
         is_val[val] = True
+
         summary: dict = {"source": str(cfg.path), "records": n, "format": cfg.format}
         for name, chosen in (("train", np.flatnonzero(~is_val)), ("val", val)):
             too_long = lengths[chosen] > cfg.max_length
             no_labels = ~too_long & (trained[chosen] == 0)
             kept = chosen[~too_long & ~no_labels]
+            dropped = f"{int(too_long.sum())} longer than data.max_length={cfg.max_length}, {int(no_labels.sum())} with nothing to train on"
             if not len(kept):
-                raise DataError(
-                    f"{cfg.path}: no usable {name} examples "
-                    f"({int(too_long.sum())} longer than data.max_length={cfg.max_length}, {int(no_labels.sum())} with nothing to train on)"
-                )
+                raise DataError(f"{cfg.path}: no usable {name} examples ({dropped})")
             stats = _write_split(tmp / name, store, offsets[kept], lengths[kept], trained[kept], cfg.max_length, pad_id)
             summary[name] = {**stats, "dropped_too_long": int(too_long.sum()), "dropped_no_labels": int(no_labels.sum())}
-            log(
-                f"{name}: {stats['examples']} examples -> {stats['rows']} rows of {cfg.max_length} tokens, "
-                f"packing efficiency {stats['packing_efficiency']:.1%}; "
-                f"dropped {int(too_long.sum())} longer than max_length, {int(no_labels.sum())} with no trained tokens"
-            )
+            log(f"{name}: {stats['examples']} examples -> {stats['rows']} rows of {cfg.max_length} tokens, "
+                f"packing efficiency {stats['packing_efficiency']:.1%}; dropped {dropped}")
         summary["max_length"] = cfg.max_length
         summary["tokenizer"] = params.model.base
-        del store
-        for path in (tmp / ".tokens").iterdir():
-            path.unlink()
-        (tmp / ".tokens").rmdir()
-
-        # In validation order: the smallest keys overall, as many as there are validation records.
-        prompts = [prompt for _, _, prompt in sorted(prompt_heap, reverse=True)][: len(val)]
+        store.remove()
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # The first validation records: the smallest keys overall, as many as there are validation records.
+        prompts = prompts[: len(val)]
         (tmp / "held_out_prompts.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))
     return summary
+
+
+def _tokenize(params, tokenizer, store: TokenStore) -> tuple[np.ndarray, list[dict]]:
+    """Every record of `data.path` encoded into `store`, in file order.
+
+    Returns each example's trained tokens (after its first) and the held-out prompts of the
+    records with the smallest split keys (the first validation records, once they are counted).
+    """
+    cfg = params.data
+    trained = []
+    smallest: list[tuple[int, int, dict]] = []  # (-key, position, prompt): a max-heap of eval.generations keys
+    n = 0
+    with _tokenizing(tokenizer, cfg.train_on, params.model.base, num_processes(cfg.num_proc)) as encoded, \
+            tqdm(desc="tokenize", unit=" examples", file=sys.stderr, mininterval=_refresh()) as bar:
+        for (wheres, examples), result in encoded(_chunks(read_examples(cfg.path, cfg.format), CHUNK)):
+            if len(result) == 2:
+                k, message = result
+                raise DataError(f"{wheres[k]}: {message}")
+            lengths, chunk_trained, ids, labels = result
+            store.append(ids, labels, lengths)
+            trained.append(chunk_trained)
+            for k, key in enumerate(_split_keys(np.arange(n, n + len(examples)), cfg.seed).tolist()):
+                if len(smallest) < params.eval.generations:
+                    heapq.heappush(smallest, (-key, n + k, held_out_prompt(examples[k])))
+                elif smallest and -key > smallest[0][0]:
+                    heapq.heapreplace(smallest, (-key, n + k, held_out_prompt(examples[k])))
+            n += len(examples)
+            bar.update(len(examples))
+    if n == 0:
+        raise DataError(f"{cfg.path}: no records (the dataset is empty)")
+    return np.concatenate(trained), [prompt for _, _, prompt in sorted(smallest, reverse=True)]
 
 
 def _write_split(folder: Path, store: TokenStore, offsets, lengths, trained, max_length: int, pad_id: int) -> dict:

@@ -47,6 +47,11 @@ class TokenStore:
         offsets = np.cumsum(lengths, dtype=np.int64) - lengths
         return lengths, offsets
 
+    def remove(self) -> None:
+        for name in ("ids", "labels"):
+            (self.folder / f"{name}.bin").unlink()
+        self.folder.rmdir()
+
     def open(self) -> dict[str, np.ndarray]:
         """The tokens, memory-mapped read-only. Drop the mapping (del) after a block of rows:
         pages stay counted in this process's memory for as long as they are mapped."""
