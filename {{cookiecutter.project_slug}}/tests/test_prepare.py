@@ -169,7 +169,8 @@ def test_training_rows_are_memory_mapped_not_loaded(make_params, tokenizer):
 def test_the_progress_bar_shows_examples_per_second_on_stderr(make_params, tokenizer, capsys):
     data.prepare(make_params(), tokenizer, **quiet)
     err = capsys.readouterr().err
-    assert "tokenize: " in err and "400 examples" in err and "examples/s" in err
+    assert "check records: 400 records" in err
+    assert "tokenize: 100%" in err and "400/400" in err and "examples/s" in err
     assert "write train rows: 100%" in err
 
 

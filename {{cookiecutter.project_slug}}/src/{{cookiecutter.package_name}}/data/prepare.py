@@ -1,9 +1,10 @@
 """The `prepare` stage: read, tokenize, split, pack and write `data.prepared_dir`; and load it back.
 
 Built for datasets of any size, in bounded memory:
-  1. read the records one by one and tokenize them in chunks on every core (`data.num_proc`),
-     in file order, streaming ids and labels to a token store on disk;
-  2. split train/validation by each record's seeded hash (known once the records are counted);
+  0. read and check every record, one at a time (a bad line stops everything here);
+  1. read them again and tokenize them in chunks on every core (`data.num_proc`), in file
+     order, streaming ids and labels to a token store on disk;
+  2. split train/validation by each record's seeded hash (which needs only their count);
   3. plan the packing of each split from the examples' lengths (best-fit decreasing);
   4. build and write the rows a block at a time.
 The output folder appears whole or not at all; the rows are identical whatever `num_proc` is.
@@ -185,6 +186,17 @@ def prepare(params, tokenizer=None, log=print) -> dict:
     Any bad record stops the stage with `file:line: what` and leaves no output folder.
     """
     cfg = params.data
+    # A first pass reads and checks every record, so a bad line is reported before a tokenizer
+    # is downloaded or a process started (and the progress bar knows the total).
+    with tqdm(desc="check records", unit=" records", file=sys.stderr, mininterval=_refresh()) as bar:
+        records = 0
+        for _ in read_examples(cfg.path, cfg.format):
+            records += 1
+            if records % 4096 == 0:
+                bar.update(4096)
+        bar.update(records % 4096)
+    if not records:
+        raise DataError(f"{cfg.path}: no records (the dataset is empty)")
     if tokenizer is None:
         from ..modeling import load_tokenizer
 
@@ -195,7 +207,7 @@ def prepare(params, tokenizer=None, log=print) -> dict:
 
     with atomic_dir(cfg.prepared_dir) as tmp:
         store = TokenStore(tmp / ".tokens")
-        trained, prompts = _tokenize(params, tokenizer, store)
+        trained, prompts = _tokenize(params, tokenizer, store, records)
         lengths, offsets = store.close()
         n = len(lengths)
         val = validation_records(n, cfg.val_fraction, cfg.seed)
@@ -224,7 +236,7 @@ def prepare(params, tokenizer=None, log=print) -> dict:
     return summary
 
 
-def _tokenize(params, tokenizer, store: TokenStore) -> tuple[np.ndarray, list[dict]]:
+def _tokenize(params, tokenizer, store: TokenStore, records: int) -> tuple[np.ndarray, list[dict]]:
     """Every record of `data.path` encoded into `store`, in file order.
 
     Returns each example's trained tokens (after its first) and the held-out prompts of the
@@ -235,7 +247,7 @@ def _tokenize(params, tokenizer, store: TokenStore) -> tuple[np.ndarray, list[di
     smallest: list[tuple[int, int, dict]] = []  # (-key, position, prompt): a max-heap of eval.generations keys
     n = 0
     with _tokenizing(tokenizer, cfg.train_on, params.model.base, num_processes(cfg.num_proc)) as encoded, \
-            tqdm(desc="tokenize", unit=" examples", file=sys.stderr, mininterval=_refresh()) as bar:
+            tqdm(desc="tokenize", total=records, unit=" examples", file=sys.stderr, mininterval=_refresh()) as bar:
         for (wheres, examples), result in encoded(_chunks(read_examples(cfg.path, cfg.format), CHUNK)):
             if len(result) == 2:
                 k, message = result
@@ -250,8 +262,8 @@ def _tokenize(params, tokenizer, store: TokenStore) -> tuple[np.ndarray, list[di
                     heapq.heapreplace(smallest, (-key, n + k, held_out_prompt(examples[k])))
             n += len(examples)
             bar.update(len(examples))
-    if n == 0:
-        raise DataError(f"{cfg.path}: no records (the dataset is empty)")
+    if n != records:
+        raise DataError(f"{cfg.path}: changed while being prepared ({records} records, then {n}); run `prepare` again")
     return np.concatenate(trained), [prompt for _, _, prompt in sorted(smallest, reverse=True)]
 
 
