@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,8 +123,9 @@ def measure(command: list[str], env: dict, cwd: Path) -> dict:
             "stdout": stdout, "stderr": stderr}
 
 
-def bake(folder: Path) -> tuple[Path, str]:
-    subprocess.run([sys.executable, "-m", "cookiecutter", "--no-input", "-o", str(folder), str(TEMPLATE)], check=True,
+def bake(template: Path, folder: Path) -> tuple[Path, str]:
+    shutil.rmtree(folder, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "cookiecutter", "--no-input", "-o", str(folder), str(template)], check=True,
                    stdout=subprocess.DEVNULL)
     (project,) = folder.iterdir()
     (package,) = [p.name for p in (project / "src").iterdir() if (p / "__init__.py").is_file()]
@@ -137,7 +139,9 @@ def main() -> None:
     parser.add_argument("--num-proc", type=int, default=os.cpu_count(), help="processes for both (default: every core)")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--cases", nargs="+", default=["ours", "trl_assistant_only", "trl_all_tokens"])
-    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="scratch folder (default: a temporary one); generated data files there are reused")
+    parser.add_argument("--template", type=Path, default=TEMPLATE, help="the template to bake (default: this checkout)")
     parser.add_argument("--out", type=Path, default=TEMPLATE / "benchmarks/out/prepare_scale.jsonl")
     # Internal: one TRL case, in its own process.
     parser.add_argument("--trl", help=argparse.SUPPRESS)
@@ -149,7 +153,7 @@ def main() -> None:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="prepare-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    project, package = bake(work / "bake")
+    project, package = bake(args.template, work / "bake")
     env = {**os.environ, "PYTHONPATH": str(project / "src"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -177,8 +181,8 @@ def main() -> None:
                            "--cache-dir", str(cache), "--num-proc", str(args.num_proc), "--max-length", str(args.max_length)]
                 result = measure(command, env, project)
                 extra = json.loads(result["stdout"].strip().splitlines()[-1])
-                subprocess.run(["rm", "-rf", str(cache)], check=True)
-            record = {"case": case, "conversations": count, "num_proc": args.num_proc, "cores": os.cpu_count(),
+                shutil.rmtree(cache, ignore_errors=True)
+            record = {"case": case, "conversations": count, "template": str(args.template), "num_proc": args.num_proc, "cores": os.cpu_count(),
                       **{k: v for k, v in result.items() if k not in ("stdout", "stderr")}, **extra}
             record["conversations_per_s"] = round(count / record["wall_s"], 1)
             record["per_core"] = round(count / (record["wall_s"] * args.num_proc), 1)
