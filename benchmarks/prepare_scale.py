@@ -18,6 +18,11 @@ its own process tree:
                       (the same text, the same trained tokens as ours: each answer + <|im_end|>\\n).
   trl_all_tokens      the same with the tokenizer's template unchanged and
                       assistant_only_loss=False (every token trained: less work than ours).
+  ours_pack_only      the stage after tokenization alone (split, best-fit plan, rows built and
+                      written), as `prepare` runs it, on a token store of `count` examples whose
+                      lengths are resampled from 2,000 conversations of the file encoded for
+                      real (random token ids): its time and memory at sizes where tokenizing
+                      on a shared machine would take too long.
 Measured: wall seconds (process start to exit), CPU seconds of the whole process tree
 (user + system), peak RSS of the whole process tree (sum over its processes, sampled every
 0.1 s: shared pages count once per process, so this is an upper bound), and packing
@@ -85,6 +90,44 @@ def run_trl(args) -> None:
                       "trained_tokens_first_200_rows": trained}))
 
 
+def run_pack_only(args) -> None:
+    """In its own process: split, pack and write `args.pack_only` synthetic examples."""
+    import importlib
+    import itertools
+    from types import SimpleNamespace
+
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    data = importlib.import_module(f"{args.package}.data")
+    stage = importlib.import_module(f"{args.package}.data.prepare")
+    store = importlib.import_module(f"{args.package}.data.store")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    data.ensure_chat_template(tokenizer)
+    sample = []
+    for _, example in itertools.islice(data.read_examples(args.data, "chat"), 2000):
+        ids, labels = data.encode(tokenizer, example, "assistant", template_source=args.tokenizer)
+        sample.append((len(ids), sum(label != data.IGNORE for label in labels[1:])))
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, len(sample), args.pack_only)
+    lengths = np.array([length for length, _ in sample], dtype=np.int32)[pick]
+    trained = np.array([count for _, count in sample], dtype=np.int32)[pick]
+    started = time.perf_counter()
+    folder = Path(args.cache_dir)
+    tokens = store.TokenStore(folder / ".tokens")
+    for first in range(0, len(lengths), 65536):
+        chunk = lengths[first : first + 65536]
+        ids = rng.integers(0, len(tokenizer), int(chunk.sum()), dtype=np.int32)
+        tokens.append(ids, ids, chunk)
+    stored, offsets = tokens.close()
+    cfg = SimpleNamespace(val_fraction=0.1, seed=0, max_length=args.max_length, path=args.data)
+    splits, _ = stage.split_and_pack(folder, tokens, stored, offsets, trained, cfg, tokenizer.pad_token_id or 0, log=lambda *_: None)
+    rows = sum(s["rows"] for s in splits.values())
+    total = sum(s["tokens"] for s in splits.values())
+    print(json.dumps({"rows": rows, "tokens": total, "seconds_in_process": round(time.perf_counter() - started, 2),
+                      "packing_efficiency": round(total / (rows * args.max_length), 4)}))
+
+
 def measure(command: list[str], env: dict, cwd: Path) -> dict:
     """Run `command`; wall time, CPU seconds and peak RSS of its whole process tree."""
     import psutil
@@ -147,9 +190,13 @@ def main() -> None:
     parser.add_argument("--trl", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--pack-only", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--package", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trl:
         return run_trl(args)
+    if args.pack_only:
+        return run_pack_only(args)
 
     work = Path(args.work or tempfile.mkdtemp(prefix="prepare-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -175,6 +222,13 @@ def main() -> None:
                 tokens = summary["train"]["tokens"] + summary["val"]["tokens"]
                 extra = {"rows": rows, "tokens": tokens, "packing_efficiency": round(tokens / (rows * args.max_length), 4),
                          "trained_tokens": summary["train"]["trained_tokens"] + summary["val"]["trained_tokens"]}
+            elif case == "ours_pack_only":
+                cache = work / f"pack-{count}"
+                command = [sys.executable, __file__, "--pack-only", str(count), "--package", package, "--tokenizer", args.tokenizer,
+                           "--data", str(data), "--cache-dir", str(cache), "--max-length", str(args.max_length)]
+                result = measure(command, env, project)
+                extra = json.loads(result["stdout"].strip().splitlines()[-1])
+                shutil.rmtree(cache, ignore_errors=True)
             else:
                 cache = work / f"cache-{case}-{count}"
                 command = [sys.executable, __file__, "--trl", case, "--tokenizer", args.tokenizer, "--data", str(data),

@@ -119,10 +119,9 @@ def _encode_chunk(examples: list[dict]):
     lengths = np.array(lengths, dtype=np.int32)
     labels = np.array(labels, dtype=np.int32)
     is_trained = labels != IGNORE
-    starts = np.cumsum(lengths) - lengths
-    is_trained[starts[lengths > 0]] = False
-    trained = np.add.reduceat(is_trained, starts).astype(np.int32) if len(labels) else np.zeros(len(lengths), np.int32)
-    trained[lengths == 0] = 0  # (reduceat gives an empty example the next one's first value)
+    is_trained[(np.cumsum(lengths) - lengths)[lengths > 0]] = False
+    example_of = np.repeat(np.arange(len(lengths)), lengths)
+    trained = np.bincount(example_of, weights=is_trained, minlength=len(lengths)).astype(np.int32)
     return lengths, trained, np.array(ids, dtype=np.int32), labels
 
 
@@ -209,23 +208,8 @@ def prepare(params, tokenizer=None, log=print) -> dict:
         store = TokenStore(tmp / ".tokens")
         trained, prompts = _tokenize(params, tokenizer, store, records)
         lengths, offsets = store.close()
-        n = len(lengths)
-        val = validation_records(n, cfg.val_fraction, cfg.seed)
-        is_val = np.zeros(n, dtype=bool)
-        is_val[val] = True
-
-        summary: dict = {"source": str(cfg.path), "records": n, "format": cfg.format}
-        for name, chosen in (("train", np.flatnonzero(~is_val)), ("val", val)):
-            too_long = lengths[chosen] > cfg.max_length
-            no_labels = ~too_long & (trained[chosen] == 0)
-            kept = chosen[~too_long & ~no_labels]
-            dropped = f"{int(too_long.sum())} longer than data.max_length={cfg.max_length}, {int(no_labels.sum())} with nothing to train on"
-            if not len(kept):
-                raise DataError(f"{cfg.path}: no usable {name} examples ({dropped})")
-            stats = _write_split(tmp / name, store, offsets[kept], lengths[kept], trained[kept], cfg.max_length, pad_id)
-            summary[name] = {**stats, "dropped_too_long": int(too_long.sum()), "dropped_no_labels": int(no_labels.sum())}
-            log(f"{name}: {stats['examples']} examples -> {stats['rows']} rows of {cfg.max_length} tokens, "
-                f"packing efficiency {stats['packing_efficiency']:.1%}; dropped {dropped}")
+        splits, val = split_and_pack(tmp, store, lengths, offsets, trained, cfg, pad_id, log)
+        summary: dict = {"source": str(cfg.path), "records": len(lengths), "format": cfg.format, **splits}
         summary["max_length"] = cfg.max_length
         summary["tokenizer"] = params.model.base
         store.remove()
@@ -234,6 +218,30 @@ def prepare(params, tokenizer=None, log=print) -> dict:
         prompts = prompts[: len(val)]
         (tmp / "held_out_prompts.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))
     return summary
+
+
+def split_and_pack(folder: Path, store: TokenStore, lengths, offsets, trained, cfg, pad_id: int, log=print):
+    """Split the stored examples, pack each split and write its rows into folder/train, folder/val.
+
+    Returns each split's summary figures, and the validation records' positions (in order).
+    """
+    n = len(lengths)
+    val = validation_records(n, cfg.val_fraction, cfg.seed)
+    is_val = np.zeros(n, dtype=bool)
+    is_val[val] = True
+    splits = {}
+    for name, chosen in (("train", np.flatnonzero(~is_val)), ("val", val)):
+        too_long = lengths[chosen] > cfg.max_length
+        no_labels = ~too_long & (trained[chosen] == 0)
+        kept = chosen[~too_long & ~no_labels]
+        dropped = f"{int(too_long.sum())} longer than data.max_length={cfg.max_length}, {int(no_labels.sum())} with nothing to train on"
+        if not len(kept):
+            raise DataError(f"{cfg.path}: no usable {name} examples ({dropped})")
+        stats = _write_split(folder / name, store, offsets[kept], lengths[kept], trained[kept], cfg.max_length, pad_id)
+        splits[name] = {**stats, "dropped_too_long": int(too_long.sum()), "dropped_no_labels": int(no_labels.sum())}
+        log(f"{name}: {stats['examples']} examples -> {stats['rows']} rows of {cfg.max_length} tokens, "
+            f"packing efficiency {stats['packing_efficiency']:.1%}; dropped {dropped}")
+    return splits, val
 
 
 def _tokenize(params, tokenizer, store: TokenStore, records: int) -> tuple[np.ndarray, list[dict]]:
