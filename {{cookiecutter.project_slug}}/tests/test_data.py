@@ -100,7 +100,7 @@ def test_prepare_reports_drops_and_writes_all_outputs(make_params, tokenizer, tm
     params = make_params("data.max_length=160")
     summary = data.prepare(params, tokenizer, log=lambda *_: None)
     prepared = tmp_path / "prepared"
-    assert sorted(p.name for p in prepared.iterdir()) == ["held_out_prompts.jsonl", "summary.json", "train.pt", "val.pt"]
+    assert sorted(p.name for p in prepared.iterdir()) == ["held_out_prompts.jsonl", "summary.json", "train", "val"]
     prompts = [json.loads(line) for line in (prepared / "held_out_prompts.jsonl").read_text().splitlines()]
     assert len(prompts) == params.eval.generations
     assert all(p["messages"][-1]["role"] == "user" and p["reference"] for p in prompts)

@@ -8,7 +8,7 @@ with a message naming the key (and its line in params.yaml), before any GPU time
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -72,6 +72,7 @@ class DataParams(_Section):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     seed: int = 0
     prepared_dir: str = "data/prepared"
+    num_proc: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"  # tokenizing processes; auto = this machine's cores
 
 
 class TrainParams(_Section):

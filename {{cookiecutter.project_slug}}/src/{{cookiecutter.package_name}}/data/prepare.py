@@ -1,44 +1,202 @@
-"""The `prepare` stage: read, split, tokenize, pack and write `data.prepared_dir`; and load it back.
+"""The `prepare` stage: read, tokenize, split, pack and write `data.prepared_dir`; and load it back.
 
-Every line is validated before anything is written, and the output folder appears whole or
-not at all.
+Built for datasets of any size, in bounded memory:
+  0. read and check every record, one at a time (a bad line stops everything here);
+  1. read them again and tokenize them in chunks on every core (`data.num_proc`), in file
+     order, streaming ids and labels to a token store on disk;
+  2. split train/validation by each record's seeded hash (which needs only their count);
+  3. plan the packing of each split from the examples' lengths (best-fit decreasing);
+  4. build and write the rows a block at a time.
+The output folder appears whole or not at all; the rows are identical whatever `num_proc` is.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
-import random
+import os
+import signal
+import sys
+from collections import deque
+from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 
-import torch
+import numpy as np
+from tqdm.auto import tqdm
 
 from ..atomic import atomic_dir
 from .chat import IGNORE, encode, ensure_chat_template
 from .errors import DataError
-from .packing import Packed, pack
+from .packing import build_rows, packing_stats, plan_rows
 from .shapes import read_examples
+from .store import RowWriter, TokenStore, load_rows
+
+CHUNK = 256  # examples per task sent to a tokenizing process
+BLOCK_TOKENS = 1 << 21  # row slots built and written at a time (a few tens of MB of buffers)
+
+
+def num_processes(setting: int | str) -> int:
+    """`data.num_proc`: a number, or `auto` = the cores this process may use."""
+    if setting != "auto":
+        return int(setting)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# ------------------------------------------------------------------ split
+
+def _split_keys(indices: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded 64-bit hash of each record's position (splitmix64): the split's random order.
+
+    Plain integer arithmetic, so the same on every machine and numpy version.
+    """
+    with np.errstate(over="ignore"):
+        z = np.asarray(indices, dtype=np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def validation_records(n: int, val_fraction: float, seed: int) -> np.ndarray:
+    """Positions of the validation records among `n`, in validation order; at least one on each side.
+
+    The records with the smallest keys: a seeded shuffle that needs only their count.
+    """
+    if n < 2:
+        raise DataError(f"need at least 2 records to split train/validation, got {n}")
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    keys = _split_keys(np.arange(n), seed)
+    chosen = np.argpartition(keys, n_val - 1)[:n_val]
+    return chosen[np.argsort(keys[chosen])]
 
 
 def split(records: list, val_fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministic shuffle-and-split; at least one record on each side."""
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_val = min(len(records) - 1, max(1, round(len(records) * val_fraction)))
-    if n_val < 1:
-        raise DataError(f"need at least 2 records to split train/validation, got {len(records)}")
-    return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
+    """Deterministic split of a list: (train in its order, validation); as `prepare` splits a file."""
+    val = validation_records(len(records), val_fraction, seed)
+    is_val = np.zeros(len(records), dtype=bool)
+    is_val[val] = True
+    return [r for r, v in zip(records, is_val, strict=True) if not v], [records[i] for i in val.tolist()]
+
+
+# ------------------------------------------------------------------ tokenize
+
+_WORKER: tuple = ()
+
+
+def _start_worker(tokenizer, train_on: str, template_source: str) -> None:
+    """Runs once in each tokenizing process: keeps the tokenizer (pickled once, or inherited)."""
+    global _WORKER
+    _WORKER = (tokenizer, train_on, template_source)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    if sys.platform == "linux":  # and die with it, even when it is killed outright
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _encode_chunk(examples: list[dict]):
+    """Token ids and labels of a chunk of examples, flat: (lengths, trained, ids, labels), or
+    (position in the chunk, message) for the first example that cannot be encoded.
+
+    `trained`: per example, its trained tokens after the first (packing never trains the first).
+    """
+    tokenizer, train_on, source = _WORKER
+    lengths, ids, labels = [], [], []
+    for k, example in enumerate(examples):
+        try:
+            example_ids, example_labels = encode(tokenizer, example, train_on, template_source=source)
+        except DataError as err:
+            return k, str(err)
+        if len(example_ids) != len(example_labels):
+            raise RuntimeError(f"encode returned {len(example_ids)} ids but {len(example_labels)} labels")
+        lengths.append(len(example_ids))
+        ids.extend(example_ids)
+        labels.extend(example_labels)
+    lengths = np.array(lengths, dtype=np.int32)
+    labels = np.array(labels, dtype=np.int32)
+    is_trained = labels != IGNORE
+    is_trained[(np.cumsum(lengths) - lengths)[lengths > 0]] = False
+    example_of = np.repeat(np.arange(len(lengths)), lengths)
+    trained = np.bincount(example_of, weights=is_trained, minlength=len(lengths)).astype(np.int32)
+    return lengths, trained, np.array(ids, dtype=np.int32), labels
+
+
+@contextmanager
+def _tokenizing(tokenizer, train_on: str, template_source: str, num_proc: int):
+    """A function from chunks to (chunk, _encode_chunk(chunk)), in order; on `num_proc`
+    processes, reading at most a few chunks ahead of them."""
+    global _WORKER
+    if num_proc <= 1:  # right here, in this process
+        _WORKER = (tokenizer, train_on, template_source)
+        yield lambda chunks: ((chunk, _encode_chunk(chunk[1])) for chunk in chunks)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # Each process encodes one example at a time; the tokenizer's own threads would only
+    # compete with them (and a fork after they ran prints a warning).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Forked processes start at once and inherit the tokenizer; elsewhere it is pickled once per process.
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    pool = ProcessPoolExecutor(num_proc, mp_context=context, initializer=_start_worker,
+                               initargs=(tokenizer, train_on, template_source))
+    try:
+        # Start them now, before the progress bar starts its thread: a process that forks
+        # while other threads run can leave a lock held in the child.
+        pool.submit(int).result()
+
+        def encoded(chunks):
+            pending = deque()
+            for chunk in chunks:
+                pending.append((chunk, pool.submit(_encode_chunk, chunk[1])))
+                if len(pending) >= 2 * num_proc:
+                    chunk, future = pending.popleft()
+                    yield chunk, future.result()
+            while pending:
+                chunk, future = pending.popleft()
+                yield chunk, future.result()
+
+        yield encoded
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunks(examples, size: int):
+    """(where list, example list) chunks of the (where, example) stream."""
+    iterator = iter(examples)
+    while chunk := list(islice(iterator, size)):
+        yield [where for where, _ in chunk], [example for _, example in chunk]
+
+
+# ------------------------------------------------------------------ prepare
+
+def _refresh() -> float:
+    """Seconds between progress-bar updates: live on a terminal, every so often in a log file."""
+    return 0.5 if sys.stderr.isatty() else 15.0
 
 
 def prepare(params, tokenizer=None, log=print) -> dict:
-    """Validate, tokenize, split and pack `data.path` into `data.prepared_dir`.
+    """Tokenize, split and pack `data.path` into `data.prepared_dir`; returns the summary.
 
-    The data is validated first, so a bad line is reported before a model is downloaded.
+    Any bad record stops the stage with `file:line: what` and leaves no output folder.
     """
     cfg = params.data
-    examples = read_examples(cfg.path, cfg.format)
-    records = list(examples)
+    # A first pass reads and checks every record, so a bad line is reported before a tokenizer
+    # is downloaded or a process started (and the progress bar knows the total).
+    with tqdm(desc="check records", unit=" records", file=sys.stderr, mininterval=_refresh()) as bar:
+        records = 0
+        examples = read_examples(cfg.path, cfg.format)
+        for _ in examples:
+            records += 1
+            if records % 4096 == 0:
+                bar.update(4096)
+        bar.update(records % 4096)
     shapes = sorted(set(examples.shapes.values()))
-    log(f"read {len(records)} records from {cfg.path} ({', '.join(shapes)})")
+    log(f"read {records} records from {cfg.path} ({', '.join(shapes)})")
     if tokenizer is None:
         from ..modeling import load_tokenizer
 
@@ -46,40 +204,92 @@ def prepare(params, tokenizer=None, log=print) -> dict:
     if cfg.format != "text":
         ensure_chat_template(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_records, val_records = split(records, cfg.val_fraction, cfg.seed)
 
-    summary: dict = {"source": str(cfg.path), "records": len(records), "format": cfg.format, "shapes": shapes}
-    splits = {}
-    for name, subset in (("train", train_records), ("val", val_records)):
-        examples, too_long, no_labels = [], 0, 0
-        for where, example in subset:
-            try:
-                ids, labels = encode(tokenizer, example, cfg.train_on, template_source=params.model.base)
-            except DataError as err:
-                raise DataError(f"{where}: {err}") from None
-            if len(ids) > cfg.max_length:
-                too_long += 1
-            elif all(label == IGNORE for label in labels[1:]):
-                no_labels += 1
-            else:
-                examples.append((ids, labels))
-        if not examples:
-            raise DataError(
-                f"{cfg.path}: no usable {name} examples "
-                f"({too_long} longer than data.max_length={cfg.max_length}, {no_labels} with nothing to train on)"
-            )
-        splits[name] = pack(examples, cfg.max_length, pad_id)
-        summary[name] = {**splits[name].stats, "dropped_too_long": too_long, "dropped_no_labels": no_labels}
-        log(
-            f"{name}: {len(examples)} examples -> {splits[name].stats['rows']} rows of {cfg.max_length} tokens, "
-            f"packing efficiency {splits[name].stats['packing_efficiency']:.1%}; "
-            f"dropped {too_long} longer than max_length, {no_labels} with no trained tokens"
-        )
-    summary["max_length"] = cfg.max_length
-    summary["tokenizer"] = params.model.base
-    prompts = [held_out_prompt(example) for _, example in val_records[: params.eval.generations]]
-    _write_prepared(Path(cfg.prepared_dir), splits, summary, prompts)
+    with atomic_dir(cfg.prepared_dir) as tmp:
+        store = TokenStore(tmp / ".tokens")
+        trained, prompts = _tokenize(params, tokenizer, store, records)
+        lengths, offsets = store.close()
+        splits, val = split_and_pack(tmp, store, lengths, offsets, trained, cfg, pad_id, log)
+        summary: dict = {"source": str(cfg.path), "records": len(lengths), "format": cfg.format, "shapes": shapes, **splits}
+        summary["max_length"] = cfg.max_length
+        summary["tokenizer"] = params.model.base
+        store.remove()
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # The first validation records: the smallest keys overall, as many as there are validation records.
+        prompts = prompts[: len(val)]
+        (tmp / "held_out_prompts.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))
     return summary
+
+
+def split_and_pack(folder: Path, store: TokenStore, lengths, offsets, trained, cfg, pad_id: int, log=print):
+    """Split the stored examples, pack each split and write its rows into folder/train, folder/val.
+
+    Returns each split's summary figures, and the validation records' positions (in order).
+    """
+    n = len(lengths)
+    val = validation_records(n, cfg.val_fraction, cfg.seed)
+    is_val = np.zeros(n, dtype=bool)
+    is_val[val] = True
+    splits = {}
+    for name, chosen in (("train", np.flatnonzero(~is_val)), ("val", val)):
+        too_long = lengths[chosen] > cfg.max_length
+        no_labels = ~too_long & (trained[chosen] == 0)
+        kept = chosen[~too_long & ~no_labels]
+        dropped = f"{int(too_long.sum())} longer than data.max_length={cfg.max_length}, {int(no_labels.sum())} with nothing to train on"
+        if not len(kept):
+            raise DataError(f"{cfg.path}: no usable {name} examples ({dropped})")
+        stats = _write_split(folder / name, store, offsets[kept], lengths[kept], trained[kept], cfg.max_length, pad_id)
+        splits[name] = {**stats, "dropped_too_long": int(too_long.sum()), "dropped_no_labels": int(no_labels.sum())}
+        log(f"{name}: {stats['examples']} examples -> {stats['rows']} rows of {cfg.max_length} tokens, "
+            f"packing efficiency {stats['packing_efficiency']:.1%}; dropped {dropped}")
+    return splits, val
+
+
+def _tokenize(params, tokenizer, store: TokenStore, records: int) -> tuple[np.ndarray, list[dict]]:
+    """Every record of `data.path` encoded into `store`, in file order.
+
+    Returns each example's trained tokens (after its first) and the held-out prompts of the
+    records with the smallest split keys (the first validation records, once they are counted).
+    """
+    cfg = params.data
+    trained = []
+    smallest: list[tuple[int, int, dict]] = []  # (-key, position, prompt): a max-heap of eval.generations keys
+    n = 0
+    with _tokenizing(tokenizer, cfg.train_on, params.model.base, num_processes(cfg.num_proc)) as encoded, \
+            tqdm(desc="tokenize", total=records, unit=" examples", file=sys.stderr, mininterval=_refresh()) as bar:
+        for (wheres, examples), result in encoded(_chunks(read_examples(cfg.path, cfg.format), CHUNK)):
+            if len(result) == 2:
+                k, message = result
+                raise DataError(f"{wheres[k]}: {message}")
+            lengths, chunk_trained, ids, labels = result
+            store.append(ids, labels, lengths)
+            trained.append(chunk_trained)
+            for k, key in enumerate(_split_keys(np.arange(n, n + len(examples)), cfg.seed).tolist()):
+                if len(smallest) < params.eval.generations:
+                    heapq.heappush(smallest, (-key, n + k, held_out_prompt(examples[k])))
+                elif smallest and -key > smallest[0][0]:
+                    heapq.heapreplace(smallest, (-key, n + k, held_out_prompt(examples[k])))
+            n += len(examples)
+            bar.update(len(examples))
+    if n != records:
+        raise DataError(f"{cfg.path}: changed while being prepared ({records} records, then {n}); run `prepare` again")
+    return np.concatenate(trained), [prompt for _, _, prompt in sorted(smallest, reverse=True)]
+
+
+def _write_split(folder: Path, store: TokenStore, offsets, lengths, trained, max_length: int, pad_id: int) -> dict:
+    plan = plan_rows(lengths, max_length)
+    writer = RowWriter(folder, plan.rows, max_length)
+    block = max(1, BLOCK_TOKENS // max_length)
+    with tqdm(total=plan.rows, desc=f"write {folder.name} rows", unit=" rows", file=sys.stderr,
+              mininterval=_refresh()) as bar:
+        for first in range(0, plan.rows, block):
+            last = min(plan.rows, first + block)
+            tokens = store.open()  # mapped for one block only: its pages count as this process's memory
+            writer.write(build_rows(plan, first, last, tokens, offsets, lengths, max_length, pad_id))
+            del tokens
+            bar.update(last - first)
+    writer.close()
+    return packing_stats(lengths, trained, plan.rows, max_length)
 
 
 def held_out_prompt(example: dict) -> dict:
@@ -94,22 +304,6 @@ def held_out_prompt(example: dict) -> dict:
     return {"messages": messages[:last], "reference": messages[last]["content"]}
 
 
-def _write_prepared(out_dir: Path, splits: dict[str, Packed], summary: dict, prompts: list[dict]) -> None:
-    with atomic_dir(out_dir) as tmp:
-        for name, packed in splits.items():
-            tensors = {
-                "input_ids": packed.input_ids,
-                "labels": packed.labels,
-                "position_ids": packed.position_ids,
-                "real_tokens": packed.real_tokens,
-            }
-            torch.save(tensors, tmp / f"{name}.pt")
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (tmp / "held_out_prompts.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))
-
-
-def load_prepared(prepared_dir: str | Path, name: str) -> dict[str, torch.Tensor]:
-    path = Path(prepared_dir) / f"{name}.pt"
-    if not path.is_file():
-        raise DataError(f"{path}: not found; run `prepare` first")
-    return torch.load(path, weights_only=True)
+def load_prepared(prepared_dir: str | Path, name: str):
+    """The rows of split `name` ("train" or "val"): int32 tensors over memory-mapped files."""
+    return load_rows(Path(prepared_dir) / name)

@@ -1,0 +1,101 @@
+"""Tokens and packed rows on disk, as plain numpy files that are read memory-mapped.
+
+`prepare` streams every tokenized example into a `TokenStore` (two flat int32 files, ids and
+labels, appended chunk by chunk), packs from the lengths alone, then writes each split's rows
+with a `RowWriter` a block at a time. `load_rows` maps them back as torch tensors: the
+operating system reads the rows a batch touches, so a prepared set larger than RAM trains.
+
+A prepared folder holds, per split (train/, val/), int32 `.npy` files:
+    input_ids, labels, position_ids   [rows, max_length]
+    real_tokens                       [rows]   non-padding tokens per row
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+from .packing import COLUMNS
+
+
+class TokenStore:
+    """Append-only flat token arrays: example i is ids[offsets[i] : offsets[i] + lengths[i]]."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._files = {name: (self.folder / f"{name}.bin").open("wb") for name in ("ids", "labels")}
+        self._lengths: list[np.ndarray] = []
+        self.tokens = 0
+
+    def append(self, ids: np.ndarray, labels: np.ndarray, lengths: np.ndarray) -> None:
+        """A chunk of examples: their ids and labels concatenated, and each one's length."""
+        self._files["ids"].write(np.ascontiguousarray(ids, dtype=np.int32).tobytes())
+        self._files["labels"].write(np.ascontiguousarray(labels, dtype=np.int32).tobytes())
+        self._lengths.append(np.asarray(lengths, dtype=np.int32))
+        self.tokens += len(ids)
+
+    def close(self) -> tuple[np.ndarray, np.ndarray]:
+        """Finish writing; (lengths, offsets) of every example, in the order appended."""
+        for file in self._files.values():
+            file.close()
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int32)
+        self._lengths = []
+        offsets = np.cumsum(lengths, dtype=np.int64) - lengths
+        return lengths, offsets
+
+    def remove(self) -> None:
+        for name in ("ids", "labels"):
+            (self.folder / f"{name}.bin").unlink()
+        self.folder.rmdir()
+
+    def open(self) -> dict[str, np.ndarray]:
+        """The tokens, memory-mapped read-only. Drop the mapping (del) after a block of rows:
+        pages stay counted in this process's memory for as long as they are mapped."""
+        if not self.tokens:
+            return {"ids": np.zeros(0, np.int32), "labels": np.zeros(0, np.int32)}
+        return {name: np.memmap(self.folder / f"{name}.bin", dtype=np.int32, mode="r") for name in ("ids", "labels")}
+
+
+class RowWriter:
+    """Writes `rows` packed rows of one split into `folder`, a block of rows at a time."""
+
+    def __init__(self, folder: Path, rows: int, max_length: int):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.files = {}
+        for name in COLUMNS:
+            shape = (rows,) if name == "real_tokens" else (rows, max_length)
+            file = (self.folder / f"{name}.npy").open("wb")
+            np.lib.format.write_array_header_1_0(file, {"descr": "<i4", "fortran_order": False, "shape": shape})
+            self.files[name] = file
+
+    def write(self, block: dict[str, np.ndarray]) -> None:
+        for name, file in self.files.items():
+            file.write(np.ascontiguousarray(block[name], dtype="<i4").tobytes())
+
+    def close(self) -> None:
+        for file in self.files.values():
+            file.close()
+
+
+def load_rows(folder: str | Path) -> dict[str, torch.Tensor]:
+    """One split's rows as int32 tensors over memory-mapped files (nothing is read up front).
+
+    Indexing (`rows["input_ids"][batch]`) reads just those rows. The mapping is copy-on-write,
+    so a tensor written to in memory never changes the file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not found; run `prepare` first")
+    rows = {}
+    for name in COLUMNS:
+        path = folder / f"{name}.npy"
+        try:
+            rows[name] = torch.from_numpy(np.load(path, mmap_mode="c", allow_pickle=False))
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot be read ({err}); run `prepare` again") from None
+    return rows

@@ -1,0 +1,219 @@
+"""prepare at any size: streamed, parallel, packed on lengths, rows read memory-mapped.
+
+The streaming stage is checked against a straightforward reference (every example in a list,
+the list split, best-fit packing with a sorted list, rows filled one by one) on the sample
+data, so the rewrite for size changed nothing a row holds.
+"""
+
+import bisect
+import importlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from support_assistant_fine_tune import data, modeling
+
+prepare_stage = importlib.import_module("support_assistant_fine_tune.data.prepare")  # the module, not the function
+
+PROJECT = Path(__file__).resolve().parents[1]
+quiet = {"log": lambda *_: None}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    data.ensure_chat_template(tokenizer)
+    return tokenizer
+
+
+def reference_bfd(lengths: list[int], max_length: int) -> list[list[int]]:
+    """Best-fit decreasing with a sorted list of (free slots, row): the textbook version."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows, free = [], []
+    for i in order:
+        at = bisect.bisect_left(free, (lengths[i], -1))
+        if at == len(free):
+            rows.append([i])
+            bisect.insort(free, (max_length - lengths[i], len(rows) - 1))
+        else:
+            slots, row = free.pop(at)
+            rows[row].append(i)
+            bisect.insort(free, (slots - lengths[i], row))
+    return rows
+
+
+def reference_rows(examples, max_length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows filled one example at a time: positions restart per example, first token untrained."""
+    rows = reference_bfd([len(ids) for ids, _ in examples], max_length)
+    out = {
+        "input_ids": torch.full((len(rows), max_length), pad_id, dtype=torch.int32),
+        "labels": torch.full((len(rows), max_length), data.IGNORE, dtype=torch.int32),
+        "position_ids": torch.zeros((len(rows), max_length), dtype=torch.int32),
+        "real_tokens": torch.zeros(len(rows), dtype=torch.int32),
+    }
+    for r, members in enumerate(rows):
+        start = 0
+        for i in members:
+            ids, labels = examples[i]
+            end = start + len(ids)
+            out["input_ids"][r, start:end] = torch.tensor(ids)
+            out["labels"][r, start:end] = torch.tensor([data.IGNORE] + labels[1:])
+            out["position_ids"][r, start:end] = torch.arange(len(ids))
+            start = end
+        out["real_tokens"][r] = start
+        out["position_ids"][r, start:] = torch.arange(max_length - start)
+    return out
+
+
+def test_prepare_writes_the_rows_of_a_straightforward_in_memory_reference(make_params, tokenizer):
+    params = make_params("data.max_length=160", "data.num_proc=2")
+    summary = data.prepare(params, tokenizer, **quiet)
+
+    records = list(data.read_examples(params.data.path, params.data.format))
+    train, val = data.split(records, params.data.val_fraction, params.data.seed)
+    for name, subset in (("train", train), ("val", val)):
+        encoded = [data.encode(tokenizer, example, params.data.train_on) for _, example in subset]
+        kept = [(ids, labels) for ids, labels in encoded
+                if len(ids) <= 160 and any(label != data.IGNORE for label in labels[1:])]
+        expected = reference_rows(kept, 160, tokenizer.pad_token_id)
+        rows = data.load_prepared(params.data.prepared_dir, name)
+        for key, tensor in expected.items():
+            assert torch.equal(rows[key], tensor), (name, key)
+        stats = summary[name]
+        assert stats["examples"] == len(kept)
+        assert stats["dropped_too_long"] == sum(len(ids) > 160 for ids, _ in encoded) > 0
+        assert stats["tokens"] == sum(len(ids) for ids, _ in kept) == int(rows["real_tokens"].sum())
+        assert stats["trained_tokens"] == int((expected["labels"] != data.IGNORE).sum())
+        assert stats["mean_context"] == round(sum(len(ids) ** 2 for ids, _ in kept) / stats["tokens"], 2)
+    prompts = (Path(params.data.prepared_dir) / "held_out_prompts.jsonl").read_text().splitlines()
+    assert [json.loads(p) for p in prompts] == [data.held_out_prompt(e) for _, e in val[: params.eval.generations]]
+
+
+def test_packing_plan_is_best_fit_decreasing_and_fills_rows(make_params, tokenizer):
+    for seed in range(3):
+        rng = random.Random(seed)
+        lengths = [max(1, min(512, int(rng.lognormvariate(5, 0.9)))) for _ in range(3000)]
+        plan = data.plan_rows(np.array(lengths), 512)
+        rows = [plan.members[plan.starts[r] : plan.starts[r + 1]].tolist() for r in range(plan.rows)]
+        assert rows == reference_bfd(lengths, 512)
+    # On the sample data at the default row length, rows are nearly all real tokens.
+    summary = data.prepare(make_params("data.max_length=1024"), tokenizer, **quiet)
+    assert summary["train"]["packing_efficiency"] >= 0.95
+
+
+def test_num_proc_does_not_change_a_byte(make_params, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_stage, "CHUNK", 16)  # many chunks, several in flight per process
+    outputs = {}
+    for num_proc in (1, 2):
+        params = make_params(f"data.num_proc={num_proc}", f"data.prepared_dir={tmp_path / f'prepared-{num_proc}'}")
+        data.prepare(params, tokenizer, **quiet)
+        folder = Path(params.data.prepared_dir)
+        outputs[num_proc] = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    assert sorted(outputs[1]) == sorted(outputs[2]) == [
+        "held_out_prompts.jsonl", "summary.json",
+        *(f"{split}/{column}.npy" for split in ("train", "val") for column in ("input_ids", "labels", "position_ids", "real_tokens")),
+    ]
+    assert outputs[1] == outputs[2]
+
+
+def test_a_record_that_cannot_be_encoded_is_named_by_its_line_and_nothing_is_written(make_params, tokenizer, tmp_path, monkeypatch):
+    """The error is raised in a tokenizing process; the stage names the record's file:line."""
+    monkeypatch.setattr(prepare_stage, "CHUNK", 8)
+    real_encode = prepare_stage.encode
+
+    def encode(tokenizer, example, train_on, template_source=""):
+        if example["messages"][-1]["content"] == "UNPLACEABLE":
+            raise data.DataError("the answer cannot be placed")
+        return real_encode(tokenizer, example, train_on, template_source=template_source)
+
+    monkeypatch.setattr(prepare_stage, "encode", encode)  # the processes are forked: they see it too
+    lines = Path(make_params().data.path).read_text().splitlines()[:100]
+    lines[57] = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "UNPLACEABLE"}]})
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    params = make_params(f"data.path={path}", "data.num_proc=2")
+    with pytest.raises(data.DataError) as err:
+        data.prepare(params, tokenizer, **quiet)
+    assert str(err.value) == f"{path}:58: the answer cannot be placed"
+    assert not Path(params.data.prepared_dir).exists()
+    assert not list(tmp_path.glob(".prepared-*"))
+
+
+def test_training_rows_are_memory_mapped_not_loaded(make_params, tokenizer):
+    params = make_params()
+    data.prepare(params, tokenizer, **quiet)
+    rows = data.load_prepared(params.data.prepared_dir, "train")
+    folder = Path(params.data.prepared_dir).resolve() / "train"
+    mapped = Path("/proc/self/maps").read_text()
+    for column in ("input_ids", "labels", "position_ids", "real_tokens"):
+        assert str(folder / f"{column}.npy") in mapped, column
+        assert rows[column].dtype == torch.int32
+    on_disk = np.load(folder / "input_ids.npy")
+    assert rows["input_ids"].shape == on_disk.shape
+    assert torch.equal(rows["input_ids"][[2, 0]], torch.from_numpy(on_disk[[2, 0]]))
+    # Copy-on-write: a tensor changed in memory never changes the prepared file.
+    rows["input_ids"][0, 0] = -7
+    assert np.load(folder / "input_ids.npy")[0, 0] == on_disk[0, 0] != -7
+
+
+def test_the_progress_bar_shows_examples_per_second_on_stderr(make_params, tokenizer, capsys):
+    data.prepare(make_params(), tokenizer, **quiet)
+    err = capsys.readouterr().err
+    assert "check records: 400 records" in err
+    assert "tokenize: 100%" in err and "400/400" in err and "examples/s" in err
+    assert "write train rows: 100%" in err
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_an_interrupted_prepare_leaves_the_previous_output_and_no_process(make_params, tmp_path, how):
+    big = tmp_path / "big.jsonl"
+    subprocess.run([sys.executable, str(PROJECT / "scripts/make_sample_data.py"), "--out", str(big), "--count", "4000"],
+                   check=True, capture_output=True)
+    params = make_params()
+    data.prepare(params, **quiet)  # a previous, complete output
+    before = (Path(params.data.prepared_dir) / "summary.json").read_text()
+
+    env = {**os.environ, "PYTHONPATH": str(PROJECT / "src")}
+    args = [f"--set={key}={value}" for key, value in
+            {"model.base": params.model.base, "data.path": big, "data.prepared_dir": params.data.prepared_dir,
+             "data.num_proc": 2}.items()]
+    process = subprocess.Popen([sys.executable, "-m", "support_assistant_fine_tune", "prepare", *args],
+                               cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    tokens = None
+    while time.monotonic() < deadline and process.poll() is None:  # until tokens are being written
+        tokens = next(Path(params.data.prepared_dir).parent.glob(".prepared-*/.tokens/ids.bin"), None)
+        if tokens is not None and tokens.stat().st_size > 0:
+            break
+        time.sleep(0.05)
+    assert tokens is not None and process.poll() is None, process.communicate()
+    workers = _children(process.pid)
+    assert len(workers) >= 2
+    process.send_signal(how)
+    process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert (Path(params.data.prepared_dir) / "summary.json").read_text() == before
+    if how == signal.SIGINT:  # cleaned up on the way out; after SIGKILL a hidden temporary folder remains
+        assert not list(Path(params.data.prepared_dir).parent.glob(".prepared-*"))
+    # The tokenizing processes do not outlive the stage.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in workers):
+        time.sleep(0.1)
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in workers)
