@@ -639,5 +639,7 @@ def test_prepare_through_the_cli_refuses_a_bad_file_in_one_line(tmp_path, make_p
     path.write_bytes(json.dumps(SHAPES["chat"][0]).encode() + b"\n" + b'{"messages": "\xff"}\n')
     result = run_cli("prepare", *cli_overrides(make_params(), **{"data.path": str(path)}))
     assert result.returncode == 2
-    assert result.stderr == f"error: {path}:2: not valid UTF-8 (byte 0xff at column 15); save the file as UTF-8\n"
+    # The progress bar may come before it; the error is the one last line, with no traceback.
+    assert result.stderr.endswith(f"\nerror: {path}:2: not valid UTF-8 (byte 0xff at column 15); save the file as UTF-8\n")
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "prepared").exists()
