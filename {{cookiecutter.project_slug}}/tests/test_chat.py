@@ -254,7 +254,8 @@ def test_prepare_stops_on_a_failing_template_with_file_line_and_exit_2(tmp_path,
     result = run_cli("prepare", "--set", f"model.base={model_dir}", "--set", f"data.path={path}",
                      "--set", f"data.prepared_dir={tmp_path / 'prepared'}")
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith(f"error: {path}:3: {model_dir}: the chat template fails on this conversation")
+    # The last line (after the progress bars) is the one error line.
+    assert result.stderr.splitlines()[-1].startswith(f"error: {path}:3: {model_dir}: the chat template fails on this conversation")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "prepared").exists()
 

@@ -6,6 +6,8 @@ loss is computed on. Nothing is written.
 
 from __future__ import annotations
 
+from itertools import islice
+
 from .chat import IGNORE, Encoded, encode_example, template_notes
 from .errors import DataError
 from .shapes import read_examples
@@ -33,18 +35,21 @@ def marked(encoded: Encoded, color: bool) -> str:
 
 def show_examples(params, n: int, color: bool, tokenizer=None, out=print) -> None:
     cfg = params.data
-    examples = read_examples(cfg.path, cfg.format)
+    reader = read_examples(cfg.path, cfg.format)
+    # Only the first n are read: the file may hold millions.
+    examples = list(islice(reader, n))
+    total = reader.count()
     if tokenizer is None:
         from ..modeling import load_tokenizer
 
         tokenizer = load_tokenizer(params.model.base)
     source = params.model.base
     legend = "trained text in bold green" if color else f"trained text between {PLAIN_OPEN} and {PLAIN_CLOSE}"
-    notes = template_notes(tokenizer, source) if any(e["kind"] == "chat" for _, e in examples[:n]) else ""
-    out(f"{min(n, len(examples))} of {len(examples)} examples of {cfg.path}, tokenized for {source} (train_on: {cfg.train_on}); {legend}")
+    notes = template_notes(tokenizer, source) if any(e["kind"] == "chat" for _, e in examples) else ""
+    out(f"{len(examples)} of {total} examples of {cfg.path}, tokenized for {source} (train_on: {cfg.train_on}); {legend}")
     if notes:
         out(notes)
-    for where, example in examples[:n]:
+    for where, example in examples:
         try:
             encoded = encode_example(tokenizer, example, cfg.train_on, template_source=source)
         except DataError as err:
