@@ -61,7 +61,7 @@ from . import launch, plan, skytask
 from .config import ConfigError, load_params, yaml_error
 
 SWEEP_ID = re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]")
-SWEEP_DIR = Path(".cache/sweeps")  # per-variant task files and logs (ignored by git and SkyPilot)
+SWEEP_DIR = ".cache/sweeps"  # per-variant task files, logs, summary.json (ignored by git and SkyPilot)
 SERVER_SCHEMES = ("http://", "https://", "databricks")
 EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 3, 75
 
@@ -488,14 +488,15 @@ class Sweep:
             self._mark(pending, "not started")
             names = ", ".join(v.name for v in pending)
             return Result("budget", EXIT_BUDGET, spent,
-                          f"sweep {self.sweep_id}: stopped by the budget: spent {_usd(before)} of {_usd(self.budget)}; "
+                          f"sweep {self.sweep_id}: stopped by the budget: {_usd(before)} of {_usd(self.budget)} spent "
+                          f"(a running variant counted at least at its estimate); "
                           f"{variant.name} (estimated {_usd(variant.estimate['usd_per_run'])}) would cross it, so "
                           f"{names} not started", self.states)
         failed = [name for name, state in self.states.items() if state.startswith("failed")]
         if failed:
             return Result("complete", EXIT_FAILED, spent,
                           f"sweep {self.sweep_id}: complete, {len(failed)} of {len(self.variants)} variants failed "
-                          f"({', '.join(failed)}; logs in {SWEEP_DIR / self.sweep_id})", self.states)
+                          f"({', '.join(failed)}; their logs are in {self.backend.sweep_dir})", self.states)
         return Result("complete", EXIT_OK, spent, f"sweep {self.sweep_id}: complete, spent {_usd(spent)} of "
                       f"{_usd(self.budget)}", self.states)
 
@@ -566,7 +567,8 @@ def summarise(rows: list[dict]) -> dict:
         row["front"] = id(row) in front
     ranked = sorted(rows, key=lambda r: (r.get("eval_loss") is None, r.get("eval_loss") or 0, r.get("cost_usd") or 0))
     best = next((r for r in ranked if r.get("eval_loss") is not None), None)
-    return {"variants": ranked, "best": best}
+    adopt = adopt_line(best, _varying_keys([r["set"] for r in rows])) if best else None
+    return {"variants": ranked, "best": best, "adopt": adopt}
 
 
 def rows_from_runs(runs, variants: list[Variant] | None = None, states: dict[str, str] | None = None) -> list[dict]:
@@ -612,10 +614,17 @@ def render_summary(summary: dict) -> str:
     best = summary["best"]
     if best:
         text += (f"best: {best['variant']} (eval_loss {best['eval_loss']:.4f}, {_usd(best['cost_usd'])}); adopt it with:\n"
-                 f"  {' '.join(f'--set {shlex.quote(s)}' for s in best['set'].split())}\n")
+                 f"  {adopt_line(best, varying)}\n")
     else:
         text += "no variant finished with an eval loss yet\n"
     return text
+
+
+def adopt_line(row: dict, varying: list[str]) -> str:
+    """The `--set` line of what this variant changed (what the sweep compared); every key
+    when nothing varied."""
+    sets = [a for a in row["set"].split() if a.split("=", 1)[0] in varying] or row["set"].split()
+    return " ".join(f"--set {shlex.quote(a)}" for a in sets)
 
 
 def _varying_keys(set_lines: list[str]) -> list[str]:
@@ -662,6 +671,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     sub.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="set a task env in every variant")
     sub.add_argument("--checkpoint-root", default=launch.DEFAULT_CHECKPOINT_ROOT, help="local: stands in for the bucket")
     sub.add_argument("--gpus", type=int, help="local: SKYPILOT_NUM_GPUS_PER_NODE (default: the GPUs nvidia-smi lists)")
+    sub.add_argument("--sweep-dir", default=SWEEP_DIR, help=f"task files, logs and summary.json (default: {SWEEP_DIR})")
     sub.add_argument("--poll-seconds", type=float, default=30, help="how often MLflow is read for live costs (default 30)")
     sub.set_defaults(handler=run)
     return sub
@@ -688,7 +698,7 @@ def run(args) -> int:
             f"MLflow tracking URI {uri!r}: a sky sweep reads every job's live cost from MLflow, so the jobs and "
             "this machine need one server: set tracking.uri (or MLFLOW_TRACKING_URI) to an http(s) MLflow server"
         )
-    sweep_dir = SWEEP_DIR / sweep_id
+    sweep_dir = Path(args.sweep_dir) / sweep_id
     sweep_dir.mkdir(parents=True, exist_ok=True)
     backend = (SkyBackend if args.backend == "sky" else LocalBackend)(args, sweep_dir)
     task_name = skytask.check_file(Path(args.task))["name"]
