@@ -43,7 +43,8 @@ def prices(tmp_path) -> dict[str, str]:
 def tiny_sets(tmp: Path, tiny_model_dir: Path, sample_data: Path, *extra: str) -> list[str]:
     """`--set` arguments of a short tiny-model run, the same for every variant."""
     sets = [*smoke_overrides(load_params(PARAMS)), f"model.base={tiny_model_dir}", f"data.path={sample_data}",
-            f"data.prepared_dir={tmp / 'prepared'}", "train.max_steps=4", "train.log_every_steps=2",
+            f"data.prepared_dir={tmp / 'prepared'}", "train.max_steps=2", "train.global_batch=4",
+            "train.log_every_steps=1",
             "eval.generations=0", "tracking.system_metrics=false", "tracking.log_adapter=false", *extra]
     return [arg for s in sets for arg in ("--set", s)]
 
