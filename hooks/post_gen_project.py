@@ -6,6 +6,7 @@ non-zero, and cookiecutter then removes the half-made project.
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -51,11 +52,39 @@ def save_answers():
     Path(".cookiecutter.json").write_text(json.dumps({"cookiecutter": answers}, indent=2, ensure_ascii=False) + "\n")
 
 
+def is_this_template(path: Path) -> bool:
+    """Whether `path` is a folder holding the template that rendered this project."""
+    try:
+        keys = json.loads((path / "cookiecutter.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    wanted = {k for k in ANSWERS if not k.startswith("_")}
+    return isinstance(keys, dict) and wanted <= set(keys) and (path / "hooks" / "post_gen_project.py").is_file()
+
+
+def template_dir():
+    """The template's folder. cookiecutter passes it as given (`cookiecutter .` gives "."),
+    relative to where cookiecutter was started, while this hook runs in the new project: try
+    the places that can be, and keep the one that holds this template."""
+    given = Path(ANSWERS.get("_repo_dir") or "")
+    if given.is_absolute():
+        return given if is_this_template(given) else None
+    starts = [ANSWERS.get("_output_dir")]  # where cookiecutter was started, unless -o was given
+    proc = Path(f"/proc/{os.getppid()}/cwd")  # Linux: cookiecutter's own working directory
+    if proc.exists():
+        starts.append(os.readlink(proc))
+    starts.append(os.environ.get("PWD"))
+    for start in filter(None, starts):
+        if is_this_template(Path(start) / given):
+            return (Path(start) / given).resolve()
+    return None
+
+
 def template_source():
     """(template, commit) for `cruft update`: where the template can be cloned from and the
     commit this project was rendered from; None when that cannot be known (not a git checkout,
     or no git)."""
-    repo_dir, template = ANSWERS.get("_repo_dir"), ANSWERS.get("_template", "")
+    repo_dir, template = template_dir(), ANSWERS.get("_template", "")
     git = shutil.which("git")
     if not repo_dir or not git:
         return None
@@ -69,7 +98,7 @@ def template_source():
     if is_zip_file(expanded):
         return None
     # A URL is cloned again by cruft; a local template is known by its absolute path.
-    template = expanded if is_repo_url(expanded) else str(Path(repo_dir).resolve())
+    template = expanded if is_repo_url(expanded) else str(repo_dir)
     dirty = subprocess.run([git, "-C", repo_dir, "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
     if dirty:
         print(f"note: the template at {repo_dir} has uncommitted changes; `cruft update` will treat this project "

@@ -348,6 +348,58 @@ def optimize(sky_python: Path, tmp_path: Path, task_files: list[Path]) -> dict:
     return json.loads(out.read_text())
 
 
+EARLY_STOP_SKY = r'''
+import json, os, sys, time
+import yaml
+from mlflow import MlflowClient
+
+argv = sys.argv[1:]
+with open(os.environ["SKY_LOG"], "a") as f:
+    f.write(json.dumps({"argv": argv}) + "\n")
+cancelled = os.path.join(os.environ["SKY_STATE"], "cancelled-")
+if argv[:2] == ["jobs", "cancel"]:
+    open(cancelled + argv[-1], "w").close()
+elif argv[:2] == ["jobs", "launch"]:
+    # A job logging its training loss every step, ended by `sky jobs cancel`: v1 learns, v2 does not.
+    envs = yaml.safe_load(open(argv[-1]))["envs"]
+    overrides = dict(a.split("=", 1) for a in envs["TRAIN_OVERRIDES"].split() if "=" in a)
+    client = MlflowClient(envs["MLFLOW_TRACKING_URI"])
+    name = overrides["tracking.experiment"]
+    experiment = client.get_experiment_by_name(name)
+    run = client.create_run(experiment.experiment_id if experiment else client.create_experiment(name),
+                            tags={"sweep_id": envs["SWEEP_ID"], "sweep_variant": envs["SWEEP_VARIANT"],
+                                  "sweep_set": envs["SWEEP_SET"]})
+    good = envs["SWEEP_VARIANT"] == "v1"
+    for step in range(1, 41):
+        client.log_metric(run.info.run_id, "loss", (2.0 if good else 3.0) / step, step=step)
+        client.log_metric(run.info.run_id, "cost_usd", 0.001 * step, step=step)
+        if os.path.exists(cancelled + argv[argv.index("-n") + 1]):
+            client.set_terminated(run.info.run_id, "KILLED")
+            sys.exit(1)
+        time.sleep(0.02 if good else 0.5)
+    client.log_metric(run.info.run_id, "eval_loss", 1.0 if good else 1.5)
+    client.set_terminated(run.info.run_id)
+'''
+
+
+def test_early_stop_cancels_a_variant_worse_than_the_best_at_the_same_step(tmp_path, prices, fake_sky, tiny_model_dir,
+                                                                          sample_data, mlflow_server):
+    Path(fake_sky["SKY_PYTHON"]).parent.joinpath("sky").write_text(f"#!{sys.executable}\n{EARLY_STOP_SKY}")
+    sets = tiny_sets(tmp_path, tiny_model_dir, sample_data, f"tracking.uri={mlflow_server.uri}")
+    result = sweep_cli(tmp_path, "--backend", "sky", "--parallel", "1", "--set", "lora.r=2,4", *sets,
+                       "--early-stop", "0.2", "--id", "sw-early", **prices, **fake_sky, SKY_STATE=str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    calls = [json.loads(line)["argv"] for line in Path(fake_sky["SKY_LOG"]).read_text().splitlines()]
+    v2 = sweep.job_name("support-assistant-fine-tune-train", "sw-early", "v2")
+    assert [c[:2] for c in calls] == [["jobs", "launch"], ["jobs", "launch"], ["jobs", "cancel"]]
+    assert calls[2] == ["jobs", "cancel", "-y", "-n", calls[1][calls[1].index("-n") + 1]] and calls[2][-1].endswith("-v2")
+    assert "sweep: stopping v2 early: training loss" in result.stdout and "more than 20% above v1's" in result.stdout
+    assert v2.endswith("-sw-early-v2")
+    (stopped,) = [r for r in runs_of(mlflow_server.uri, "sw-early") if r.data.tags["sweep_variant"] == "v2"]
+    assert stopped.info.status == "KILLED" and "eval_loss" not in stopped.data.metrics
+    assert "adopt it with:\n  --set lora.r=2\n" in result.stdout
+
+
 def test_a_sky_sweep_needs_a_tracking_server(tmp_path, prices, fake_sky, tiny_model_dir, sample_data):
     sets = tiny_sets(tmp_path, tiny_model_dir, sample_data, f"tracking.uri=sqlite:///{tmp_path / 'x.db'}")
     result = sweep_cli(tmp_path, "--backend", "sky", "--set", "lora.r=2,4", *sets, **prices, **fake_sky)

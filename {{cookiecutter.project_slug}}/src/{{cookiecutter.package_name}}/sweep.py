@@ -363,9 +363,18 @@ class LocalBackend:
         print(f"sweep: {variant.name} runs here as task {env['SKYPILOT_TASK_ID']} (log: {log.name})", flush=True)
         return launch.start_local(launched, env, stdout=log, stderr=subprocess.STDOUT)
 
-    def stop(self, process: subprocess.Popen, launched: dict, hard: bool = False) -> None:
+    def stop(self, process: subprocess.Popen, launched: dict) -> None:
+        """SIGTERM to the run section's group: the trainer checkpoints and exits 75."""
+        self._signal(process, signal.SIGTERM)
+
+    def interrupt(self, process: subprocess.Popen, launched: dict, signals: int) -> None:
+        """The sweep was signalled: checkpoint and stop (first time), kill (after that)."""
+        self._signal(process, signal.SIGTERM if signals == 1 else signal.SIGKILL)
+
+    @staticmethod
+    def _signal(process: subprocess.Popen, signum: int) -> None:
         try:
-            os.killpg(process.pid, signal.SIGKILL if hard else signal.SIGTERM)  # SIGTERM: checkpoint, exit 75
+            os.killpg(process.pid, signum)
         except ProcessLookupError:
             pass
 
@@ -400,8 +409,16 @@ class SkyBackend:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
 
-    def stop(self, process: subprocess.Popen, launched: dict, hard: bool = False) -> None:
+    def stop(self, process: subprocess.Popen, launched: dict) -> None:
         subprocess.run([*self.cli, "jobs", "cancel", "-y", "-n", launched["name"]], stdin=subprocess.DEVNULL)
+
+    def interrupt(self, process: subprocess.Popen, launched: dict, signals: int) -> None:
+        """The sweep was signalled: managed jobs are paid for and recover on their own, so the
+        first signal only stops new launches; a second one cancels the running jobs."""
+        if signals == 1:
+            print(f"sweep: {launched['name']} keeps running (signal again to cancel it)", file=sys.stderr, flush=True)
+        else:
+            self.stop(process, launched)
 
 
 @dataclass
@@ -450,6 +467,7 @@ class Sweep:
         pending = [v for v in self.variants if self.states[v.name] == "pending"]
         running: dict[str, tuple[subprocess.Popen, dict, Variant]] = {}
         stopped_for_budget = None
+        handled = 0
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             while True:
@@ -457,9 +475,10 @@ class Sweep:
                 self.outcomes = self.ledger.outcomes() or self.outcomes
                 if self.early_stop is not None:
                     self._early_stop(running)
-                if self.signals:
+                if len(self.signals) > handled:  # each signal is passed on once
+                    handled = len(self.signals)
                     for process, launched, _ in running.values():
-                        self.backend.stop(process, launched, hard=len(self.signals) > 1)
+                        self.backend.interrupt(process, launched, handled)
                 while pending and not self.signals and stopped_for_budget is None and len(running) < self.backend.parallel:
                     variant = pending[0]
                     spent = self.committed(running)
@@ -507,8 +526,7 @@ class Sweep:
     def _on_signal(self, signum, _frame) -> None:
         self.signals.append(signum)
         if len(self.signals) == 1:
-            print("sweep: stopping: no new variant starts; running ones checkpoint first (signal again to kill)",
-                  file=sys.stderr, flush=True)
+            print("sweep: stopping: no new variant starts", file=sys.stderr, flush=True)
 
     def _reap(self, running: dict) -> None:
         for name, (process, _launched, _variant) in list(running.items()):
@@ -540,7 +558,7 @@ class Sweep:
             if worse:
                 step, loss, best_loss = worse
                 print(f"sweep: stopping {name} early: training loss {loss:.4f} at step {step}, "
-                      f"more than {self.early_stop:.0%} above {best_name}'s {best_loss:.4f}", flush=True)
+                      f"more than {self.early_stop * 100:.0f}% above {best_name}'s {best_loss:.4f}", flush=True)
                 self.states[name] = "stopped early"
                 self.backend.stop(process, launched)
 
@@ -725,7 +743,12 @@ def run(args) -> int:
     ledger = Ledger(uri, experiments, sweep_id)
     sweep = Sweep(variants, sweep_id, budget, backend, ledger, resolve, args.early_stop, args.poll_seconds)
     result = sweep.run()
-    summary = summarise(rows_from_runs(ledger.runs() if _readable(ledger) else [], variants, result.states))
+    try:
+        runs = ledger.runs()
+    except Exception as err:  # the server went away at the end: the table says what the sweep knows
+        print(f"sweep: MLflow not readable ({type(err).__name__}); the table lacks the runs' results", file=sys.stderr)
+        runs = []
+    summary = summarise(rows_from_runs(runs, variants, result.states))
     print()
     print(render_summary(summary), end="")
     (sweep_dir / "summary.json").write_text(json.dumps({
@@ -734,14 +757,6 @@ def run(args) -> int:
     print(f"spent {_usd(result.spent_usd)} of {_usd(budget)}; `report --sweep {sweep_id}` shows this table again")
     print(result.message, file=sys.stderr if result.exit_code else sys.stdout)
     return result.exit_code
-
-
-def _readable(ledger: Ledger) -> bool:
-    try:
-        ledger.runs()
-        return True
-    except Exception:
-        return False
 
 
 # ========================================================================== text
