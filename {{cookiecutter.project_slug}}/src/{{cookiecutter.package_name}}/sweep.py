@@ -64,6 +64,7 @@ SWEEP_ID = re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]")
 SWEEP_DIR = ".cache/sweeps"  # per-variant task files, logs, summary.json (ignored by git and SkyPilot)
 SERVER_SCHEMES = ("http://", "https://", "databricks")
 EXIT_OK, EXIT_FAILED, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 3, 75
+EARLIER_LAUNCH = "running (launched earlier)"
 
 
 class SweepError(ConfigError):
@@ -352,6 +353,7 @@ class LocalBackend:
     """One variant after another: the task's run section here, as `launch --backend local`."""
 
     parallel = 1
+    detach_on_signal = False  # the run sections are children of this process: they stop with it
 
     def __init__(self, args, sweep_dir: Path):
         self.args, self.sweep_dir = args, sweep_dir
@@ -412,13 +414,13 @@ class SkyBackend:
     def stop(self, process: subprocess.Popen, launched: dict) -> None:
         subprocess.run([*self.cli, "jobs", "cancel", "-y", "-n", launched["name"]], stdin=subprocess.DEVNULL)
 
+    # Managed jobs run and recover without us: a signal stops new launches and the sweep
+    # returns, leaving the running jobs to finish (`report --sweep ID` shows them later).
+    detach_on_signal = True
+
     def interrupt(self, process: subprocess.Popen, launched: dict, signals: int) -> None:
-        """The sweep was signalled: managed jobs are paid for and recover on their own, so the
-        first signal only stops new launches; a second one cancels the running jobs."""
-        if signals == 1:
-            print(f"sweep: {launched['name']} keeps running (signal again to cancel it)", file=sys.stderr, flush=True)
-        else:
-            self.stop(process, launched)
+        print(f"sweep: {launched['name']} keeps running as a managed job; cancel it with "
+              f"`sky jobs cancel -n {launched['name']}`", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -452,7 +454,7 @@ class Sweep:
                 continue
             actual = self.outcomes.get(variant.name, Outcome()).cost_usd
             estimate = variant.estimate["usd_per_run"]
-            if variant.name in running:
+            if variant.name in running or state == EARLIER_LAUNCH:
                 total += max(actual or 0.0, estimate)
             else:
                 total += actual if actual is not None else estimate
@@ -461,9 +463,14 @@ class Sweep:
     def run(self) -> Result:
         self.outcomes = self.ledger.outcomes()
         for variant in self.variants:  # a rerun with the same id: finished variants stay finished
-            if self.outcomes.get(variant.name, Outcome()).finished:
+            outcome = self.outcomes.get(variant.name, Outcome())
+            if outcome.finished:
                 self.states[variant.name] = "finished"
-                print(f"sweep: {variant.name} already finished in MLflow run {self.outcomes[variant.name].run_id}")
+                print(f"sweep: {variant.name} already finished in MLflow run {outcome.run_id}")
+            elif outcome.status == "RUNNING" and self.backend.detach_on_signal:
+                # A managed job launched before this sweep process was interrupted: still going.
+                self.states[variant.name] = EARLIER_LAUNCH
+                print(f"sweep: {variant.name} is still running as launched before (MLflow run {outcome.run_id})")
         pending = [v for v in self.variants if self.states[v.name] == "pending"]
         running: dict[str, tuple[subprocess.Popen, dict, Variant]] = {}
         stopped_for_budget = None
@@ -491,6 +498,8 @@ class Sweep:
                     self.states[variant.name] = "running"
                 if not running and (not pending or self.signals or stopped_for_budget):
                     break
+                if self.signals and self.backend.detach_on_signal:
+                    break
                 self._wait(running)
         finally:
             for sig, handler in previous.items():
@@ -499,8 +508,9 @@ class Sweep:
         spent = self.committed({})
         if self.signals:
             self._mark(pending, "not started")
+            left = f"; still running: {', '.join(running)}" if running else ""
             return Result("interrupted", EXIT_INTERRUPTED, spent,
-                          f"sweep {self.sweep_id}: interrupted; rerun with --id {self.sweep_id} to continue "
+                          f"sweep {self.sweep_id}: interrupted{left}; rerun with --id {self.sweep_id} to continue "
                           f"(finished variants are kept, an interrupted one resumes from its checkpoints)", self.states)
         if stopped_for_budget:
             variant, before = stopped_for_budget
