@@ -6,6 +6,7 @@ non-zero, and cookiecutter then removes the half-made project.
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ ANSWERS = json.loads(r"""
 """)
 
 DATASET = "data/raw/support.jsonl"
-PRIVATE_KEYS = {"_output_dir", "_repo_dir", "_checkout"}  # machine-specific, not worth saving
+PRIVATE_KEYS = {"_output_dir", "_repo_dir", "_checkout", "_commit"}  # machine-specific, not worth saving
 
 
 class StepFailed(Exception):
@@ -29,6 +30,7 @@ SKYPILOT_ONLY = [
     "docs/launch.md",
     "tests/test_sky.py",
     "tests/test_launch.py",
+    "tests/test_sweep.py",
     "scripts/ci/launch_step.py",
     "scripts/ci/cloud_credentials.py",
 ]
@@ -48,6 +50,84 @@ def save_answers():
     """`.cookiecutter.json` in cookiecutter's replay format: re-bake with --replay-file."""
     answers = {k: v for k, v in ANSWERS.items() if k not in PRIVATE_KEYS and k != "__prompts__"}
     Path(".cookiecutter.json").write_text(json.dumps({"cookiecutter": answers}, indent=2, ensure_ascii=False) + "\n")
+
+
+def is_this_template(path: Path) -> bool:
+    """Whether `path` is a folder holding the template that rendered this project."""
+    try:
+        keys = json.loads((path / "cookiecutter.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    wanted = {k for k in ANSWERS if not k.startswith("_")}
+    return isinstance(keys, dict) and wanted <= set(keys) and (path / "hooks" / "post_gen_project.py").is_file()
+
+
+def template_dir():
+    """The template's folder. cookiecutter passes it as given (`cookiecutter .` gives "."),
+    relative to where cookiecutter was started, while this hook runs in the new project: try
+    the places that can be, and keep the one that holds this template."""
+    given = Path(ANSWERS.get("_repo_dir") or "")
+    if given.is_absolute():
+        return given if is_this_template(given) else None
+    starts = [ANSWERS.get("_output_dir")]  # where cookiecutter was started, unless -o was given
+    proc = Path(f"/proc/{os.getppid()}/cwd")  # Linux: cookiecutter's own working directory
+    if proc.exists():
+        starts.append(os.readlink(proc))
+    starts.append(os.environ.get("PWD"))
+    for start in filter(None, starts):
+        if is_this_template(Path(start) / given):
+            return (Path(start) / given).resolve()
+    return None
+
+
+def template_source():
+    """(template, commit) for `cruft update`: where the template can be cloned from and the
+    commit this project was rendered from; None when that cannot be known (not a git checkout,
+    or no git)."""
+    repo_dir, template = template_dir(), ANSWERS.get("_template", "")
+    git = shutil.which("git")
+    if not repo_dir or not git:
+        return None
+    head = subprocess.run([git, "-C", repo_dir, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return None
+    from cookiecutter.config import BUILTIN_ABBREVIATIONS
+    from cookiecutter.repository import expand_abbreviations, is_repo_url, is_zip_file
+
+    expanded = expand_abbreviations(template, BUILTIN_ABBREVIATIONS)  # gh:owner/name -> a clonable URL
+    if is_zip_file(expanded):
+        return None
+    # A URL is cloned again by cruft; a local template is known by its absolute path.
+    template = expanded if is_repo_url(expanded) else str(repo_dir)
+    dirty = subprocess.run([git, "-C", repo_dir, "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
+    if dirty:
+        print(f"note: the template at {repo_dir} has uncommitted changes; `cruft update` will treat this project "
+              f"as rendered from its last commit")
+    return template, head.stdout.strip()
+
+
+def save_cruft_state():
+    """`.cruft.json`, what `cruft update` reads: the template, its commit, the answers.
+
+    cruft writes this file itself when it renders (it passes `_commit`); a plain `cookiecutter`
+    run gets the same file here, so every project can take the template's later versions."""
+    if "_commit" in ANSWERS:
+        return
+    source = template_source()
+    if source is None:
+        print("note: the template is not a git checkout, so `cruft update` cannot follow it; "
+              "link this project later with `cruft link <template url>`")
+        return
+    template, commit = source
+    answers = {k: v for k, v in ANSWERS.items() if k not in PRIVATE_KEYS and k != "__prompts__"}
+    state = {
+        "template": template,
+        "commit": commit,
+        "checkout": ANSWERS.get("_checkout"),
+        "context": {"cookiecutter": {**answers, "_template": template, "_commit": commit}},
+        "directory": None,
+    }
+    Path(".cruft.json").write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n")
 
 
 def run(*command, what):
@@ -107,6 +187,7 @@ def main():
     try:
         prune()
         save_answers()
+        save_cruft_state()
         run(sys.executable, "scripts/make_sample_data.py", "--out", DATASET, what="writing the sample dataset")
         setup_vcs()
     except (StepFailed, OSError) as err:

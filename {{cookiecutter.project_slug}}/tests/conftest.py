@@ -173,7 +173,7 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process = None
 
-    def start(self, timeout: float = 60) -> "MlflowServer":
+    def start(self, timeout: float = 180) -> "MlflowServer":  # about 5 s on an idle machine; a busy CI runner is slower
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
@@ -191,7 +191,8 @@ class MlflowServer:
                         return self
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError("mlflow server did not become healthy")
+        self.stop()  # not left running after a failed start
+        raise RuntimeError(f"mlflow server did not become healthy in {timeout:.0f} s")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -6,6 +6,8 @@ Exit codes (documented in the README; SkyPilot recovery and retry loops act on t
       a checkpoint made with other params. Fix and rerun; retrying won't help.
   3   budget exceeded: `plan` / `launch` estimate the run above budget.max_run_usd, or a
       running job's cost crossed it (a checkpoint was saved).
+      `sweep`: the variants together are estimated above the sweep budget, or the sweep
+      stopped before a variant that would cross it.
   75  interrupted (SIGTERM / SIGINT, e.g. a spot notice) after a checkpoint was saved:
       rerun the same command to resume. SkyPilot's job recovery retries on this code.
 """
@@ -167,12 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "merge":
             sub.add_argument("--out", help="output directory (default: <train.output_dir>/merged)")
             sub.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    from . import bench, launch, plan, report
+    from . import bench, launch, plan, report, sweep
 
     plan.register(commands)
     launch.register(commands)
     report.register(commands)
     bench.register(commands)
+    sweep.register(commands)
     tiny = commands.add_parser("tiny-model", help="build the tiny random test model")
     tiny.add_argument("--out", default=str(TINY_MODEL_DIR))
     tiny.add_argument("--data", default="data/raw/support.jsonl", help="JSONL to train the tokenizer on")
@@ -215,6 +218,10 @@ def run_command(argv: list[str] | None) -> int:
             from . import bench, launch, plan, report
 
             return {"plan": plan, "launch": launch, "report": report, "bench": bench}[args.command].run(args)
+        if args.command == "sweep":
+            from . import sweep
+
+            return sweep.run(args)
         if args.command == "smoke":
             args.smoke = True
         params = resolve_params(args)

@@ -136,6 +136,7 @@ class ComputeParams(_Section):
 
 class BudgetParams(_Section):
     max_run_usd: float = Field(20, gt=0)
+    max_sweep_usd: float = Field(100, gt=0)  # all variants of one `sweep` together
 
 
 class CostParams(_Section):

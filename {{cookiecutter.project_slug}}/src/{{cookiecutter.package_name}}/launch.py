@@ -232,10 +232,10 @@ def local_environment(launch: dict[str, Any], args) -> dict[str, str]:
     }
 
 
-def run_local(launch: dict[str, Any], env: dict[str, str]) -> int:
-    """bash -c <run section>, in its own process group. A first SIGTERM/SIGINT is passed on as
-    SIGTERM (the trainer checkpoints and exits 75); the shell itself ignores it so that it
-    waits for the trainer and reports its exit code. A second signal kills the group."""
+def start_local(launch: dict[str, Any], env: dict[str, str], **popen) -> subprocess.Popen:
+    """Start bash -c <run section> in its own process group. The shell ignores SIGTERM, so
+    that a SIGTERM sent to the group reaches the trainer (checkpoint, exit 75) while the
+    shell waits for it and reports its exit code."""
     script = launch["resolved"].get("run") or ""
     workdir = Path(launch["resolved"].get("workdir") or ".")
     if not workdir.is_dir():
@@ -245,7 +245,15 @@ def run_local(launch: dict[str, Any], env: dict[str, str]) -> int:
     def ignore_sigterm():  # in the child, before bash starts: inherited by bash, not by Python handlers
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    process = subprocess.Popen(["bash", "-c", script], cwd=workdir, env=env, start_new_session=True, preexec_fn=ignore_sigterm)
+    return subprocess.Popen(
+        ["bash", "-c", script], cwd=workdir, env=env, start_new_session=True, preexec_fn=ignore_sigterm, **popen
+    )
+
+
+def run_local(launch: dict[str, Any], env: dict[str, str]) -> int:
+    """The run section here (start_local), until it ends. A first SIGTERM/SIGINT is passed on
+    as SIGTERM (the trainer checkpoints and exits 75); a second signal kills the group."""
+    process = start_local(launch, env)
     received = []
 
     def forward(signum, _frame):

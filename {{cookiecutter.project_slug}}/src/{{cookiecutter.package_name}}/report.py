@@ -198,6 +198,7 @@ def register(commands) -> None:
     sub.add_argument("--baseline", default="main", help="a run id, or a branch whose newest finished run is the baseline")
     sub.add_argument("--format", choices=["table", "markdown", "json"], default="table")
     sub.add_argument("--plots", type=Path, help="also write PNG plots into this folder")
+    sub.add_argument("--sweep", metavar="ID", help="the variants of this sweep: quality, cost, Pareto front, best params")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.set)
     client = MlflowClient(tracking_uri(params))
     experiment = args.experiment or params.tracking.experiment
+    if getattr(args, "sweep", None):
+        return sweep_report(client, experiment, args.sweep, args.format)
     runs = select_runs(client, experiment, args.pr, args.branch, args.last, args.run_ids)
     if len(args.baseline) == 32 and all(c in "0123456789abcdef" for c in args.baseline):
         base_run = client.get_run(args.baseline)
@@ -227,3 +230,12 @@ def run(args: argparse.Namespace) -> int:
         for path in write_plots(client, report, args.plots):
             print(f"wrote {path}")
     return 0
+
+
+def sweep_report(client, experiment: str, sweep_id: str, fmt: str) -> int:
+    """`report --sweep ID`: the sweep's variants ranked, the Pareto front, the `--set` line to adopt."""
+    from . import sweep
+
+    summary = sweep.report(client, [experiment], sweep_id)
+    print(json.dumps(summary, indent=2, default=str) if fmt == "json" else sweep.render_summary(summary), end="\n" if fmt == "json" else "")
+    return 0 if summary["variants"] else 1

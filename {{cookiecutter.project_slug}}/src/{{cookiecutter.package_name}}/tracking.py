@@ -78,6 +78,10 @@ def run_tags(params, environ=os.environ) -> dict[str, str]:
         "zone": str(cluster.get("zone", "")),
         "spot": environ.get("USE_SPOT", ""),
         "skypilot_task_id": environ.get("SKYPILOT_TASK_ID", ""),
+        # A variant of a `sweep`: which sweep, which variant, and its `--set` line.
+        "sweep_id": environ.get("SWEEP_ID", ""),
+        "sweep_variant": environ.get("SWEEP_VARIANT", ""),
+        "sweep_set": environ.get("SWEEP_SET", ""),
     }
     try:
         import torch
