@@ -6,6 +6,12 @@ Exit codes (documented in the README; SkyPilot recovery and retry loops act on t
       a checkpoint made with other params. Fix and rerun; retrying won't help.
   3   budget exceeded: `plan` / `launch` estimate the run above budget.max_run_usd, or a
       running job's cost crossed it (a checkpoint was saved).
+  1   tracking-sync only: some MLflow updates were not delivered (the server is still
+      unreachable: rerun later; or unreadable spool files were moved to quarantine/).
+  74  an output could not be written: a full disk, a quota, a read-only folder (the message
+      names the folder, the free and the needed space; the previous checkpoint or output is
+      kept). Free space and rerun; retrying as is would hit the same wall, so neither
+      scripts/train_with_retries.sh nor the SkyPilot task retries it.
   75  interrupted (SIGTERM / SIGINT, e.g. a spot notice) after a checkpoint was saved:
       rerun the same command to resume. SkyPilot's job recovery retries on this code.
 """
@@ -18,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import WriteFailed
 from .checkpoints import IncompatibleCheckpoint
 from .config import ConfigError, Params, load_params
 from .data import DataError
@@ -28,6 +35,8 @@ from .train import BudgetExceeded, Interrupted
 EXIT_OK = 0
 EXIT_INVALID = 2
 EXIT_BUDGET = 3
+EXIT_NOT_SENT = 1  # tracking-sync: updates still pending, or unreadable ones quarantined
+EXIT_WRITE_FAILED = 74  # EX_IOERR: do not retry until space is freed
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again
 
 TINY_MODEL_DIR = Path(".cache/tiny-model")
@@ -114,10 +123,10 @@ def cmd_smoke(params: Params, resume: str = "never") -> None:
 def cmd_tracking_sync(params: Params) -> None:
     from .tracking import sync_spools, tracking_uri
 
-    sent, pending = sync_spools(Path(params.checkpoint.dir), tracking_uri(params))
-    print(f"MLflow: {sent} spool(s) sent, {pending} still pending")
-    if pending:
-        raise SystemExit(1)
+    sent, pending, quarantined = sync_spools(Path(params.checkpoint.dir), tracking_uri(params))
+    print(f"MLflow: {sent} spool(s) sent, {pending} still pending, {quarantined} unreadable update(s) quarantined")
+    if pending or quarantined:
+        raise SystemExit(EXIT_NOT_SENT)
 
 
 def cmd_tiny_model(args) -> None:
@@ -219,6 +228,9 @@ def run_command(argv: list[str] | None) -> int:
     except (ConfigError, DataError, ModelNotFound, IncompatibleCheckpoint) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
+    except WriteFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
     except Interrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED

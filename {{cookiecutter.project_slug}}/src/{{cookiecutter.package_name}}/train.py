@@ -420,6 +420,9 @@ def train(params, resume: str = "auto", log=print) -> Path:
         restored = checkpoints.load(start_from, unwrapped, optimizer, scheduler, compat)
         log(f"resuming from {start_from} (step {restored.step})")
     start_step = restored.step if restored else 0
+    if accelerator.is_main_process:  # room for checkpoint.keep + 1 checkpoints? Warn with the numbers if not.
+        size = checkpoints.size_for_next(run_dir, checkpoints.estimate_size(unwrapped, cfg.optimizer))
+        checkpoints.warn_if_short_of_space(run_dir, params.checkpoint.keep, size, log)
     recoveries = restored.state["recoveries"] + 1 if restored else 0
     segments_file = run_dir / checkpoints.SEGMENTS
     previous_segments = json.loads(segments_file.read_text()) if restored and segments_file.is_file() else []
