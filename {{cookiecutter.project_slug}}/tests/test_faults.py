@@ -329,3 +329,26 @@ def test_updates_arrive_once_a_sick_server_heals(prepared, tmp_path, mlflow_serv
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(1, 9))
     assert client.get_run(run_id).info.status == "FINISHED"
     assert not list((tmp_path / "ckpt").glob("*/mlflow-spool/[0-9]*.json"))
+
+
+# ------------------------------------------------------------ a price nobody knows
+
+
+def test_unknown_price_on_a_cloud_machine_is_logged_as_unknown_not_zero(prepared, tmp_path):
+    params, _ = prepared
+    ckpt = tmp_path / "ckpt"
+    env = {"SKYPILOT_CLUSTER_INFO": '{"cloud": "aws", "region": "us-east-1", "zone": "us-east-1a"}', "GPU_MODEL": "B9000",
+           "USE_SPOT": "true", "SKY_RUNTIME_DIR": str(tmp_path / "no-catalog")}
+    result = run("train", *cli_overrides(params, **{"checkpoint.dir": ckpt, "train.output_dir": tmp_path / "out",
+                                                   "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}), **env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: the price of this machine is unknown on a cloud machine: no 1x B9000 spot row" in result.stdout
+    assert "the budget guard (budget.max_run_usd=$" in result.stdout and "cannot stop this run for cost" in result.stdout
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [finished] = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])
+    assert "cost_usd" not in finished.data.metrics and "price_per_hour" not in finished.data.metrics
+    assert "gpu_hours" in finished.data.metrics and "loss" in finished.data.metrics
+    assert finished.data.tags["cost_known"] == "false"
+    assert finished.data.tags["price_source"].startswith("unknown on a cloud machine")
+    [segments] = ckpt.glob("*/segments.json")
+    assert [s["usd"] for s in json.loads(segments.read_text())] == [None]

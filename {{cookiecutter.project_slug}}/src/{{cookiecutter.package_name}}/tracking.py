@@ -308,7 +308,9 @@ class Tracker:
             except Exception as err:  # e.g. a full disk while quarantining: never kill the sender
                 self.spool.last_error, sent = f"{type(err).__name__}: {err}", False
             if not sent:
-                self._wake.wait(self.retry_seconds)  # the server is down: try again later
+                # Down or sick: try again later, however many updates arrive meanwhile (a
+                # server that answers 500s is not asked again at every step).
+                self._stop.wait(self.retry_seconds)
             else:
                 self._wake.wait()
             self._wake.clear()
