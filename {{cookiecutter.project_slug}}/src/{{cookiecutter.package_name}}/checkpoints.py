@@ -20,6 +20,11 @@ verifies is complete. Files are written whole (no appends or random writes), whi
 mounted by SkyPilot (MOUNT_CACHED) needs. Such a bucket uploads asynchronously, so after a
 hard preemption the newest checkpoint may be partial: `latest_valid` verifies each one,
 newest first, reports what it skips and falls back to the one before.
+
+Disk space: `warn_if_short_of_space` says, with the numbers, when checkpoint.dir cannot hold
+checkpoint.keep + 1 checkpoints (checked before training and after every checkpoint). A
+write that fails anyway raises `atomic.WriteFailed` (exit code 74: not retried) naming the
+folder, the free and the needed space; the checkpoints before it are untouched.
 """
 
 from __future__ import annotations
