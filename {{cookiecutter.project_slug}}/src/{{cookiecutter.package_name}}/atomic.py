@@ -71,6 +71,10 @@ _IO_MESSAGES = (
 )
 
 
+# OSErrors that say the disk (or the quota, or the file system) refuses more data.
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
 def is_write_error(err: BaseException) -> bool:
     return isinstance(err, OSError) or any(text in str(err).lower() for text in _IO_MESSAGES)
 

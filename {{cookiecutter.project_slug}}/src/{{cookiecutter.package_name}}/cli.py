@@ -2,12 +2,12 @@
 
 Exit codes (documented in the README; SkyPilot recovery and retry loops act on them):
   0   success
+  1   tracking-sync only: some MLflow updates were not delivered (the server is still
+      unreachable: rerun later; or unreadable spool files were moved to quarantine/).
   2   invalid input: bad params, bad data, a model that cannot be loaded, missing files,
       a checkpoint made with other params. Fix and rerun; retrying won't help.
   3   budget exceeded: `plan` / `launch` estimate the run above budget.max_run_usd, or a
       running job's cost crossed it (a checkpoint was saved).
-  1   tracking-sync only: some MLflow updates were not delivered (the server is still
-      unreachable: rerun later; or unreadable spool files were moved to quarantine/).
   74  an output could not be written: a full disk, a quota, a read-only folder (the message
       names the folder, the free and the needed space; the previous checkpoint or output is
       kept). Free space and rerun; retrying as is would hit the same wall, so neither
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .atomic import WriteFailed
+from .atomic import OUT_OF_SPACE, WriteFailed, write_failed
 from .checkpoints import IncompatibleCheckpoint
 from .config import ConfigError, Params, load_params
 from .data import DataError
@@ -230,6 +230,11 @@ def run_command(argv: list[str] | None) -> int:
         return EXIT_INVALID
     except WriteFailed as err:
         print(f"error: {err}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
+    except OSError as err:  # a full disk under a write that has no message of its own (a plot, a CSV)
+        if err.errno not in OUT_OF_SPACE:
+            raise
+        print(f"error: {write_failed(err.filename or 'output', err, None)}", file=sys.stderr)
         return EXIT_WRITE_FAILED
     except Interrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)

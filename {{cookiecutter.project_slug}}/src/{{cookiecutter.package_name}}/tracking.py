@@ -182,8 +182,12 @@ class Spool:
     def put_artifact(self, source: Path) -> None:
         """Copy the file now (it may change or vanish before it is sent)."""
         copy = self.dir / "artifacts" / uuid.uuid4().hex[:12] / source.name
-        copy.parent.mkdir(parents=True)
-        shutil.copy2(source, copy)
+        try:
+            copy.parent.mkdir(parents=True)
+            shutil.copy2(source, copy)
+        except OSError as err:
+            shutil.rmtree(copy.parent, ignore_errors=True)
+            raise write_failed(copy, err, source.stat().st_size, f"MLflow artifact {source.name}") from err
         self.put({"kind": "artifact", "path": str(copy)})
 
     def save_state(self, **values) -> None:
