@@ -2,6 +2,8 @@
 # Run a training command; if it was interrupted after saving a checkpoint (exit 75) or
 # killed outright (exit 137: SIGKILL, e.g. the OOM killer), run it again: it resumes from
 # the newest valid checkpoint. Spot-style recovery for your own GPU or a self-hosted runner.
+# Anything else is not retried: 2 (bad input), 3 (over budget), 74 (an output could not be
+# written, e.g. a full disk: a rerun would hit the same wall until space is freed).
 #   scripts/train_with_retries.sh python -m <package> train [--set key=value ...]
 # TRAIN_MAX_ATTEMPTS (default 3) bounds the attempts. Ctrl-C / SIGTERM to this script stop
 # training cleanly (checkpoint, exit 75) and are not retried.
@@ -27,6 +29,9 @@ for ((attempt = 1; attempt <= attempts; attempt++)); do
   done
   child=0
   if [ "$stopping" -eq 1 ] || { [ "$rc" -ne 75 ] && [ "$rc" -ne 137 ]; }; then
+    if [ "$rc" -eq 74 ]; then
+      echo "exit code 74: an output could not be written (see the error above); not retrying until space is freed" >&2
+    fi
     exit "$rc"
   fi
   echo "training stopped with exit code $rc; resuming (attempt $((attempt + 1)) of $attempts)" >&2

@@ -119,7 +119,7 @@ def test_server_never_back_keeps_the_spool_until_sync(prepared, tmp_path):
 
     server.start()
     try:
-        assert sync_spools(tmp / "ckpt-offline", server.uri) == (1, 0)
+        assert sync_spools(tmp / "ckpt-offline", server.uri) == (1, 0, 0)  # sent, pending, quarantined
         client = mlflow.MlflowClient(server.uri)
         [run] = client.search_runs([client.get_experiment_by_name("mlflow-tests").experiment_id])
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 7))

@@ -103,9 +103,12 @@ def test_price_resolution_order(make_params, tmp_path):
     price, source = prices.resolve_hourly_price(params, env)
     assert price == expected and source.startswith(f"bundled snapshot of {prices.snapshot_date()}")
 
-    # 4. Nothing says where we run: unknown, priced at 0.
+    # 4. Nothing says where we run (your own machine): unknown, priced at 0.
     assert prices.resolve_hourly_price(params, {"SKY_RUNTIME_DIR": str(tmp_path)}) == (0.0, "unknown")
-    assert prices.resolve_hourly_price(params, cluster_env(tmp_path, GPU_MODEL="B9000")) == (0.0, "unknown")
+    # 5. A cloud machine no price list knows: None (never a false $0), saying what was looked for.
+    price, source = prices.resolve_hourly_price(params, cluster_env(tmp_path, GPU_MODEL="B9000"))
+    assert price is None and source.startswith("unknown on a cloud machine: no 1x B9000 spot row for aws/us-east-1")
+    assert source.endswith("set cost.hourly_usd")
 
 
 def test_empty_gpu_model_is_named_from_the_device(make_params, tmp_path):

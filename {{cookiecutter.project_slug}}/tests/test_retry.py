@@ -77,3 +77,40 @@ def test_sigterm_to_the_wrapper_stops_cleanly_without_retrying(tmp_path):
     assert wrapper.wait(timeout=30) == 75
     assert (tmp_path / "attempts.term").read_text() == "checkpointed"  # the trainer got the signal
     assert counter.read_text() == "1"  # and was not started again
+
+
+def test_an_output_that_cannot_be_written_is_not_retried(tmp_path):
+    result, attempts = run_wrapper(tmp_path, "74,0")
+    assert (result.returncode, attempts) == (74, 1)
+    assert "exit code 74: an output could not be written (see the error above); not retrying" in result.stderr
+
+
+def test_sky_restarts_after_exit_74_stop_at_once(tmp_path):
+    """SkyPilot restarts a failed job up to max_restarts_on_errors times whatever its code: the
+    run section (executed here by bash, as on the VM) marks the job in the bucket on exit 74,
+    and every restart of the same job then exits 74 before running anything."""
+    import yaml
+
+    task = yaml.safe_load((PROJECT / "sky/train.yaml").read_text())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    fake = bin_dir / "{{ cookiecutter.package_name }}"
+    fake.write_text(f"#!/usr/bin/env bash\necho \"$1\" >> {calls}\necho 'error: cannot write prepared/ ...' >&2\nexit 74\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "VENV_BIN": str(bin_dir), "CHECKPOINT_ROOT": str(tmp_path / "bucket"), "SKYPILOT_TASK_ID": "job-1",
+           "SKYPILOT_NUM_GPUS_PER_NODE": "0", "TRAIN_OVERRIDES": "", "MLFLOW_TRACKING_URI": "sqlite:///x.db"}
+
+    def section(name):
+        return subprocess.run(["bash", "-c", task[name]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+    first = section("run")
+    assert first.returncode == 74 and calls.read_text() == "prepare\n"
+    marker = tmp_path / "bucket/job-1/STOPPED-74"
+    assert "free space and launch a new job" in marker.read_text()
+    for name in ("setup", "run"):  # a restart: setup and run stop at once, nothing else runs
+        again = section(name)
+        assert again.returncode == 74 and "stopped with exit 74" in again.stderr
+    assert calls.read_text() == "prepare\n"
+    env["SKYPILOT_TASK_ID"] = "job-2"  # a new job is not blocked
+    assert section("run").returncode == 74 and calls.read_text() == "prepare\nprepare\n"

@@ -20,6 +20,11 @@ verifies is complete. Files are written whole (no appends or random writes), whi
 mounted by SkyPilot (MOUNT_CACHED) needs. Such a bucket uploads asynchronously, so after a
 hard preemption the newest checkpoint may be partial: `latest_valid` verifies each one,
 newest first, reports what it skips and falls back to the one before.
+
+Disk space: `warn_if_short_of_space` says, with the numbers, when checkpoint.dir cannot hold
+checkpoint.keep + 1 checkpoints (checked before training and after every checkpoint). A
+write that fails anyway raises `atomic.WriteFailed` (exit code 74: not retried) naming the
+folder, the free and the needed space; the checkpoints before it are untouched.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from . import atomic
 
 MANIFEST = "manifest.json"
 STATE = "state.json"
@@ -133,35 +140,97 @@ def _unwrap_optimizer(optimizer):
     return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
 
 
-def save(run_dir: Path, step: int, weights: dict, optimizer_state: dict, scheduler, state: dict, keep: int) -> Path:
+def _nbytes(value) -> int:
+    """Bytes of the tensors in a (nested) state dict."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+SMALL_FILES = 64 * 1024  # scheduler, RNG, state, manifest: a generous allowance
+
+
+def save(run_dir: Path, step: int, weights: dict, optimizer_state: dict, scheduler, state: dict, keep: int,
+         log=print) -> Path:
     """Write checkpoint `step` atomically into run_dir; keep the newest `keep` ones.
 
-    `weights` and `optimizer_state` come from `trainable_state` / `optimizer_state`."""
+    `weights` and `optimizer_state` come from `trainable_state` / `optimizer_state`. A write
+    that fails (full disk, quota) raises WriteFailed with the free and needed space; the
+    checkpoints written before are kept as they were."""
     from safetensors.torch import save_file
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / step_dir_name(step)
-    tmp = run_dir / f".tmp-{step_dir_name(step)}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    needed = _nbytes(weights) + _nbytes(optimizer_state) + SMALL_FILES
     try:
-        save_file({name: w.contiguous() for name, w in weights.items()}, tmp / "adapter.safetensors")
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
-        (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2, default=str))
-        files = sorted(p for p in tmp.iterdir())
-        for path in files:
-            _fsync(path)
-        manifest = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _fsync(tmp / MANIFEST)
-        if final.exists():  # a re-done step after a crash: replace the old copy
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / f".tmp-{step_dir_name(step)}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            save_file({name: w.contiguous() for name, w in weights.items()}, tmp / "adapter.safetensors")
+            _fsync(tmp / "adapter.safetensors")
+            # Through os.write: a full disk surfaces as the OSError it is.
+            atomic.torch_save(optimizer_state, tmp / "optimizer.pt")
+            atomic.torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
+            atomic.torch_save(rng_state(), tmp / "rng.pt")
+            atomic.write_bytes(tmp / STATE, json.dumps({**state, "step": step}, indent=2, default=str).encode())
+            files = sorted(p for p in tmp.iterdir())
+            manifest = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+            atomic.write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())  # last: marks it complete
+            if final.exists():  # a re-done step after a crash: replace the old copy
+                shutil.rmtree(final)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except Exception as err:
+        if not atomic.is_write_error(err):
+            raise
+        raise atomic.write_failed(final, err, needed, f"checkpoint {final.name}") from err
     prune(run_dir, keep)
+    warn_if_short_of_space(run_dir, keep, atomic.size_of(final), log)
     return final
+
+
+def estimate_size(model, optimizer_name: str) -> int:
+    """Bytes of one checkpoint before the first is written: the trainable weights plus the
+    optimizer's state (AdamW: two moments per weight in float32; 8-bit AdamW: two bytes)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    weights = sum(p.numel() * p.element_size() for p in trainable)
+    state_bytes = 8 if optimizer_name == "adamw" else 2
+    return weights + sum(p.numel() for p in trainable) * state_bytes + SMALL_FILES
+
+
+def space_problem(run_dir: Path, keep: int, size: int) -> str | None:
+    """Why `run_dir` cannot hold keep + 1 checkpoints of `size` bytes (the newest `keep`
+    plus the one being written), or None when it can."""
+    present = len(list(run_dir.glob("step-*"))) if run_dir.is_dir() else 0
+    missing = max(1, keep + 1 - present)
+    free = atomic.free_bytes(run_dir)
+    if free is None or free >= missing * size:
+        return None
+    return (
+        f"checkpoint.dir {atomic.existing_folder(run_dir)} has {atomic.human_bytes(free)} free; "
+        f"checkpoint.keep={keep} + 1 checkpoints of about {atomic.human_bytes(size)} need "
+        f"{atomic.human_bytes((keep + 1) * size)} ({present} already there, {atomic.human_bytes(missing * size)} more): "
+        "a checkpoint will fail to write; free some space, lower checkpoint.keep or set another checkpoint.dir"
+    )
+
+
+def warn_if_short_of_space(run_dir: Path, keep: int, size: int, log=print) -> bool:
+    """Warn (with the numbers) when the next checkpoint will not fit; True if it will."""
+    problem = space_problem(run_dir, keep, size)
+    if problem:
+        log(f"warning: {problem}")
+    return problem is None
+
+
+def size_for_next(run_dir: Path, estimate: int) -> int:
+    """This run's checkpoint size: the newest one's when there is one, else the estimate."""
+    newest = sorted(run_dir.glob("step-*"))[-1:] if run_dir.is_dir() else []
+    return atomic.size_of(newest[0]) if newest else estimate
 
 
 def prune(run_dir: Path, keep: int) -> None:
@@ -174,8 +243,13 @@ def prune(run_dir: Path, keep: int) -> None:
 
 def write_json_atomic(path: Path, value) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
+    data = json.dumps(value, indent=2).encode()
+    try:
+        atomic.write_bytes(tmp, data, sync=False)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise atomic.write_failed(path, err, len(data)) from err
 
 
 # --------------------------------------------------------------------------- reading

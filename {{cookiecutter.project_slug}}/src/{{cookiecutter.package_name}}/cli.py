@@ -2,12 +2,19 @@
 
 Exit codes (documented in the README; SkyPilot recovery and retry loops act on them):
   0   success
+  1   tracking-sync: some MLflow updates were not delivered (the server is still
+      unreachable: rerun later; or unreadable spool files were moved to quarantine/).
+      sweep: it ran to the end but some variant failed.
   2   invalid input: bad params, bad data, a model that cannot be loaded, missing files,
       a checkpoint made with other params. Fix and rerun; retrying won't help.
   3   budget exceeded: `plan` / `launch` estimate the run above budget.max_run_usd, or a
       running job's cost crossed it (a checkpoint was saved).
       `sweep`: the variants together are estimated above the sweep budget, or the sweep
       stopped before a variant that would cross it.
+  74  an output could not be written: a full disk, a quota, a read-only folder (the message
+      names the folder, the free and the needed space; the previous checkpoint or output is
+      kept). Free space and rerun; retrying as is would hit the same wall, so neither
+      scripts/train_with_retries.sh nor the SkyPilot task retries it.
   75  interrupted (SIGTERM / SIGINT, e.g. a spot notice) after a checkpoint was saved:
       rerun the same command to resume. SkyPilot's job recovery retries on this code.
 """
@@ -20,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import OUT_OF_SPACE, WriteFailed, write_failed
 from .checkpoints import IncompatibleCheckpoint
 from .config import ConfigError, Params, load_params
 from .data import DataError
@@ -30,6 +38,8 @@ from .train import BudgetExceeded, Interrupted
 EXIT_OK = 0
 EXIT_INVALID = 2
 EXIT_BUDGET = 3
+EXIT_NOT_SENT = 1  # tracking-sync: updates still pending, or unreadable ones quarantined
+EXIT_WRITE_FAILED = 74  # EX_IOERR: do not retry until space is freed
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again
 
 TINY_MODEL_DIR = Path(".cache/tiny-model")
@@ -121,10 +131,10 @@ def cmd_smoke(params: Params, resume: str = "never") -> None:
 def cmd_tracking_sync(params: Params) -> None:
     from .tracking import sync_spools, tracking_uri
 
-    sent, pending = sync_spools(Path(params.checkpoint.dir), tracking_uri(params))
-    print(f"MLflow: {sent} spool(s) sent, {pending} still pending")
-    if pending:
-        raise SystemExit(1)
+    sent, pending, quarantined = sync_spools(Path(params.checkpoint.dir), tracking_uri(params))
+    print(f"MLflow: {sent} spool(s) sent, {pending} still pending, {quarantined} unreadable update(s) quarantined")
+    if pending or quarantined:
+        raise SystemExit(EXIT_NOT_SENT)
 
 
 def cmd_tiny_model(args) -> None:
@@ -238,6 +248,14 @@ def run_command(argv: list[str] | None) -> int:
     except (ConfigError, DataError, ModelNotFound, IncompatibleCheckpoint) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
+    except WriteFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
+    except OSError as err:  # a full disk under a write that has no message of its own (a plot, a CSV)
+        if err.errno not in OUT_OF_SPACE:
+            raise
+        print(f"error: {write_failed(err.filename or 'output', err, None)}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
     except Interrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -573,7 +573,7 @@ def make_plan(params: Params, environ=None) -> dict:
     }
 
 
-def estimate_for_gpu(params: Params, gpu_name: str, hourly_usd: float) -> dict | None:
+def estimate_for_gpu(params: Params, gpu_name: str, hourly_usd: float | None) -> dict | None:
     """The plan's estimate for the GPU a run actually got, priced at what it actually pays:
     logged at the start of training so that MLflow shows estimate against actual."""
     gpu = GPUS.get(gpu_name)
@@ -581,7 +581,10 @@ def estimate_for_gpu(params: Params, gpu_name: str, hourly_usd: float) -> dict |
         return None
     shape = load_model_shape(params.model.base)
     entry = gpu_estimate(shape, base_setup(params), params, run_workload(shape, params, dataset_summary(params)), gpu)
-    return {"estimated_hours": entry["hours"], "estimated_cost_usd": entry["hours"] * hourly_usd, "estimated_fits": entry["fits"]}
+    estimate = {"estimated_hours": entry["hours"], "estimated_fits": entry["fits"]}
+    if hourly_usd is not None:  # None: the price of this machine is unknown
+        estimate["estimated_cost_usd"] = entry["hours"] * hourly_usd
+    return estimate
 
 
 def rank_offers(offers: list[prices.Offer], gpus: dict[str, dict]) -> list[dict]:

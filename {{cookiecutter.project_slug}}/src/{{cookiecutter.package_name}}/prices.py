@@ -12,7 +12,9 @@ What it does
 - `resolve_hourly_price`: the price of the machine a RUNNING job is on: an explicit
   `cost.hourly_usd`, else SkyPilot's catalog for the cloud / region / zone in
   `SKYPILOT_CLUSTER_INFO` and the `GPU_MODEL`, `GPU_COUNT`, `USE_SPOT` variables the task
-  YAML passes, else the bundled snapshot, else 0 with source "unknown".
+  YAML passes, else the bundled snapshot. Off the cloud with none of these: 0 with source
+  "unknown" (your own machine). On a cloud machine (a SkyPilot job) with none: None, with a
+  source that says what was missing: the run logs its cost as unknown, never as $0.
 - `energy_cost_per_hour` and `measured_gpu_watts` (NVML, when nvidia-ml-py is installed)
   for a GPU you own.
 
@@ -241,23 +243,28 @@ def _matching(offers: list[Offer], gpu: str, count: int, region: str, zone: str,
     return in_zone or found
 
 
-def resolve_hourly_price(params, environ=os.environ, device_name: str | None = None) -> tuple[float, str]:
+UNKNOWN_ON_CLOUD = "unknown on a cloud machine"
+
+
+def resolve_hourly_price(params, environ=os.environ, device_name: str | None = None) -> tuple[float | None, str]:
     """(USD per hour, source) for the machine this process runs on.
 
     Order: explicit `cost.hourly_usd` > SkyPilot catalog (cloud/region/zone from
     SKYPILOT_CLUSTER_INFO, GPU from GPU_MODEL / GPU_COUNT / USE_SPOT) > bundled snapshot
-    for the same cloud and GPU > (0.0, "unknown"). With GPU_MODEL empty the GPU is named
-    from `device_name` (torch.cuda.get_device_name) or, failing that, the local CUDA device.
+    for the same cloud and GPU. Then, off the cloud: (0.0, "unknown"); on a SkyPilot VM:
+    (None, "unknown on a cloud machine: <what was looked for>"). With GPU_MODEL empty the
+    GPU is named from `device_name` (torch.cuda.get_device_name) or the local CUDA device.
     """
     if params.cost.hourly_usd is not None:
         return float(params.cost.hourly_usd), "params cost.hourly_usd"
     info = _cluster_info(environ)
-    if not info:
+    if not info or str(info.get("cloud") or "").lower() in ("", "local"):  # `launch --backend local`: your machine
         return 0.0, "unknown"
     # The task YAML may leave GPU_MODEL empty: then the GPU itself says what it is.
     gpu = canonical_gpu(environ.get("GPU_MODEL", "")) or (device_name and gpu_from_device_name(device_name)) or _local_gpu()
     if not gpu:
-        return 0.0, "unknown"
+        named = environ.get("GPU_MODEL") or device_name or "no GPU"
+        return None, f"{UNKNOWN_ON_CLOUD}: no price list names this machine's GPU ({named}); set cost.hourly_usd"
     cloud = str(info.get("cloud", "")).lower()
     region, zone = str(info.get("region") or ""), str(info.get("zone") or "")
     count = _count(environ.get("GPU_COUNT") or "1") or 1
@@ -275,7 +282,8 @@ def resolve_hourly_price(params, environ=os.environ, device_name: str | None = N
     if found:
         best = min(found, key=lambda o: o.hourly(spot))
         return best.hourly(spot), f"bundled snapshot of {snapshot_date()}: {count}x {gpu} {kind} on {best.cloud}/{best.region}"
-    return 0.0, "unknown"
+    return None, (f"{UNKNOWN_ON_CLOUD}: no {count}x {gpu} {kind} row for {where or 'this cloud'} in SkyPilot's catalog "
+                  f"({catalog_dir(environ)}) or the bundled snapshot; set cost.hourly_usd")
 
 
 # ---------------------------------------------------------------------- own hardware

@@ -8,6 +8,12 @@ answers again, at the end of the run, or by the next process that opens the same
 
 The run id lives in the checkpoint, so a resumed job continues the same run; the steps it
 redoes after its last checkpoint are not logged twice.
+
+A sick server (answering 500s, or accepting connections and never answering) costs the
+training loop nothing: the loop only writes files, and sending happens on another thread
+that never holds a lock the loop needs. A spool file that cannot be read (torn by a crash
+or a partial bucket upload) is moved to `<spool>/quarantine/` with a warning naming it, and
+the files after it are sent in order: one bad file never blocks the others.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
+
+from .atomic import WriteFailed, write_failed
 
 RUN_FILE = "mlflow_run.json"  # in train.output_dir: where `evaluate` finds the training run
 
@@ -105,19 +113,58 @@ def run_name(tags: dict[str, str], environ=os.environ) -> str:
 # ------------------------------------------------------------------------ the spool
 
 
+# What each operation must carry; a file without it cannot be sent, ever.
+FIELDS = {
+    "create_run": ("experiment", "run_name", "tags"), "params": ("values",), "tags": ("values",),
+    "metrics": ("step", "timestamp", "values"), "dataset": ("name", "digest", "source"), "artifact": ("path",),
+    "table": ("data", "artifact_file"), "status": ("status",),
+}
+QUARANTINE = "quarantine"
+
+
+class Unreadable(Exception):
+    """A spool file that can never be sent as it is (torn, not an operation, artifact gone)."""
+
+
+def read_operation(path: Path) -> dict:
+    try:
+        op = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise Unreadable(f"not valid JSON ({type(err).__name__}: {str(err)[:80]})") from err
+    if not isinstance(op, dict) or op.get("kind") not in FIELDS:
+        raise Unreadable(f"not a spooled MLflow operation (kind {op.get('kind') if isinstance(op, dict) else None!r})")
+    missing = [key for key in FIELDS[op["kind"]] if key not in op]
+    if missing:
+        raise Unreadable(f"{op['kind']} without {', '.join(missing)}")
+    if op["kind"] == "artifact" and not Path(op["path"]).is_file():
+        raise Unreadable(f"its artifact {op['path']} is gone")
+    return op
+
+
 class Spool:
     """Numbered operation files, sent to MLflow in order; a file is deleted once sent."""
 
-    def __init__(self, directory: Path, uri: str):
+    def __init__(self, directory: Path, uri: str, log=print):
         from mlflow import MlflowClient
 
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(uri)
         self.uri = uri
-        self.lock = threading.Lock()
+        self.log = log
+        # Three locks, none held while talking to the server except `sending`, which the
+        # training thread never takes: a hanging server cannot stall put() or save_state().
+        self.lock = threading.Lock()  # numbering and writing of operation files
+        self.state_lock = threading.Lock()
+        self.sending = threading.Lock()
+        self.quarantined = 0  # files moved aside by this process
         self.state_file = self.dir / "run.json"
-        self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+        self.state = {}
+        if self.state_file.is_file():
+            try:
+                self.state = json.loads(self.state_file.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                self._quarantine(self.state_file, f"not valid JSON ({err})")
         existing = [int(p.stem) for p in self.dir.glob("[0-9]*.json") if p.stem.isdigit()]
         self.next_seq = max(existing, default=0) + 1
         self.last_error = ""
@@ -127,33 +174,59 @@ class Spool:
         with self.lock:
             path = self.dir / f"{self.next_seq:012d}.json"
             tmp = self.dir / f".{path.name}.tmp"
-            tmp.write_text(json.dumps(op, default=str))
-            os.replace(tmp, path)
+            data = json.dumps(op, default=str)
+            try:
+                tmp.write_text(data)
+                os.replace(tmp, path)
+            except OSError as err:
+                tmp.unlink(missing_ok=True)
+                raise write_failed(path, err, len(data), f"MLflow update {path.name}") from err
             self.next_seq += 1
 
     def put_artifact(self, source: Path) -> None:
         """Copy the file now (it may change or vanish before it is sent)."""
         copy = self.dir / "artifacts" / uuid.uuid4().hex[:12] / source.name
-        copy.parent.mkdir(parents=True)
-        shutil.copy2(source, copy)
+        try:
+            copy.parent.mkdir(parents=True)
+            shutil.copy2(source, copy)
+        except OSError as err:
+            shutil.rmtree(copy.parent, ignore_errors=True)
+            raise write_failed(copy, err, source.stat().st_size, f"MLflow artifact {source.name}") from err
         self.put({"kind": "artifact", "path": str(copy)})
 
     def save_state(self, **values) -> None:
-        self.state.update(values)
-        tmp = self.dir / ".run.json.tmp"
-        tmp.write_text(json.dumps(self.state))
-        os.replace(tmp, self.state_file)
+        with self.state_lock:
+            self.state.update(values)
+            tmp = self.dir / ".run.json.tmp"
+            tmp.write_text(json.dumps(self.state))
+            os.replace(tmp, self.state_file)
 
     @property
     def pending(self) -> int:
         return len(list(self.dir.glob("[0-9]*.json")))
 
+    def _quarantine(self, path: Path, why: str) -> None:
+        target = self.dir / QUARANTINE / path.name
+        target.parent.mkdir(exist_ok=True)
+        os.replace(path, target)
+        self.quarantined += 1
+        self.log(f"warning: MLflow spool file {path} cannot be read ({why}); moved to {target}, the others are still sent")
+
     # -- sending (background thread, or a final flush)
     def flush(self) -> bool:
-        """Send pending operations in order; stop at the first failure. True if all sent."""
-        with self.lock:
+        """Send pending operations in order; stop at the first failure. True if all sent.
+
+        Unreadable files are quarantined and skipped; a server error keeps the file for the
+        next try."""
+        with self.sending:
             for path in sorted(self.dir.glob("[0-9]*.json")):
-                op = json.loads(path.read_text())
+                try:
+                    op = read_operation(path)
+                except Unreadable as err:
+                    self._quarantine(path, str(err))
+                    continue
+                except FileNotFoundError:  # sent by another process meanwhile
+                    continue
                 try:
                     self._send(op)
                 except Exception as err:  # unreachable, 5xx, timeouts: keep the file, retry later
@@ -238,8 +311,14 @@ class Tracker:
 
     def _send_in_background(self) -> None:
         while not self._stop.is_set():
-            if not self.spool.flush():
-                self._wake.wait(self.retry_seconds)  # the server is down: try again later
+            try:
+                sent = self.spool.flush()
+            except Exception as err:  # e.g. a full disk while quarantining: never kill the sender
+                self.spool.last_error, sent = f"{type(err).__name__}: {err}", False
+            if not sent:
+                # Down or sick: try again later, however many updates arrive meanwhile (a
+                # server that answers 500s is not asked again at every step).
+                self._stop.wait(self.retry_seconds)
             else:
                 self._wake.wait()
             self._wake.clear()
@@ -284,17 +363,24 @@ class Tracker:
         """
         if getattr(self, "_system", None):
             self._system.finish()
-        self.spool.put({"kind": "status", "status": status})
+        try:
+            self.spool.put({"kind": "status", "status": status})
+        except WriteFailed as err:  # a full disk: what is spooled already is still sent
+            print(f"warning: the run's end status is not spooled: {err}")
         self._stop.set()
         self._wake.set()
         self._thread.join()
         deadline = time.monotonic() + wait_seconds
+        sent = True
         while not self.spool.flush():
             if time.monotonic() > deadline:
                 print(f"MLflow unreachable ({self.spool.last_error}); {self.spool.pending} updates kept in {self.spool.dir}")
-                return False
+                sent = False
+                break
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-        return True
+        if self.spool.quarantined:
+            print(f"MLflow: {self.spool.quarantined} unreadable update(s) not sent, kept in {self.spool.dir / QUARANTINE}")
+        return sent
 
     def save_run_file(self, output_dir: str | Path) -> None:
         path = Path(output_dir) / RUN_FILE
@@ -322,18 +408,19 @@ def log_to_training_run(
     return spool.state.get("run_id")
 
 
-def sync_spools(checkpoint_dir: Path, uri: str | None = None) -> tuple[int, int]:
+def sync_spools(checkpoint_dir: Path, uri: str | None = None) -> tuple[int, int, int]:
     """Send every spool left under checkpoint.dir (MLflow was down when its run ended).
 
-    Returns (spools fully sent, spools still pending)."""
-    sent = pending = 0
+    Returns (spools fully sent, spools still pending, unreadable files quarantined now)."""
+    sent = pending = quarantined = 0
     for directory in sorted(Path(checkpoint_dir).glob("**/mlflow-spool")):
         spool = Spool(directory, uri or os.environ.get("MLFLOW_TRACKING_URI") or "")
         if spool.flush():
             sent += 1
-            if directory.parent.name.startswith("unsent-"):
+            if directory.parent.name.startswith("unsent-") and not (directory / QUARANTINE).is_dir():
                 shutil.rmtree(directory.parent)
         else:
             pending += 1
             print(f"{directory}: {spool.pending} updates still pending ({spool.last_error})")
-    return sent, pending
+        quarantined += spool.quarantined
+    return sent, pending, quarantined

@@ -203,12 +203,13 @@ def agree_on_micro_batch(micro_batch: int, checkpointed: int, model, device) -> 
     return int(-choice[0]), int(choice[1])
 
 
-def machine_price(params, device: torch.device, world: int) -> tuple[float, str]:
+def machine_price(params, device: torch.device, world: int) -> tuple[float | None, str]:
     """USD per hour of the machine this run is on, and where that figure came from.
 
     cost.hourly_usd, else SkyPilot's catalog / the bundled snapshot for the cloud, region and
     GPU of a SkyPilot job, else, on your own GPU with cost.electricity_usd_per_kwh set, the
-    measured power draw (NVML) times the electricity price; else unknown (0).
+    measured power draw (NVML) times the electricity price; else unknown: 0 on your own
+    machine, None on a cloud machine (its cost is then logged as unknown, not as $0).
     """
     from . import prices
 
@@ -420,6 +421,9 @@ def train(params, resume: str = "auto", log=print) -> Path:
         restored = checkpoints.load(start_from, unwrapped, optimizer, scheduler, compat)
         log(f"resuming from {start_from} (step {restored.step})")
     start_step = restored.step if restored else 0
+    if accelerator.is_main_process:  # room for checkpoint.keep + 1 checkpoints? Warn with the numbers if not.
+        size = checkpoints.size_for_next(run_dir, checkpoints.estimate_size(unwrapped, cfg.optimizer))
+        checkpoints.warn_if_short_of_space(run_dir, params.checkpoint.keep, size, log)
     recoveries = restored.state["recoveries"] + 1 if restored else 0
     segments_file = run_dir / checkpoints.SEGMENTS
     previous_segments = json.loads(segments_file.read_text()) if restored and segments_file.is_file() else []
@@ -428,10 +432,12 @@ def train(params, resume: str = "auto", log=print) -> Path:
     is_main = accelerator.is_main_process
     hourly_usd, price_source = machine_price(params, device, world)
     meter = CostMeter(hourly_usd, gpus=world if device.type == "cuda" else 0, previous=previous_segments, source=price_source)
+    if meter.start_message(params.budget.max_run_usd):
+        log(meter.start_message(params.budget.max_run_usd))
     tracker = None
     if is_main:
         resume_run_id = restored.state.get("mlflow_run_id") if restored else None
-        tags = {"recoveries": str(recoveries), "price_source": price_source}
+        tags = {"recoveries": str(recoveries), **meter.tags()}
         tracker = Tracker(params, run_dir / "mlflow-spool", resume_run_id=resume_run_id, extra_tags=tags)
         tracker.save_run_file(cfg.output_dir)
         if params.tracking.system_metrics:
@@ -519,12 +525,8 @@ def train(params, resume: str = "auto", log=print) -> Path:
                         "learning_rate": scheduler.get_last_lr()[0],
                         "grad_norm": float(grad_norm),
                         "tokens_per_second": tokens_per_second,
-                        "cost_usd": meter.cost_usd,
-                        "gpu_hours": meter.gpu_hours,
-                        "price_per_hour": meter.price_per_hour,
+                        **meter.metrics(tokens_seen),  # cost_usd only when the price is known
                     }
-                    if meter.cost_usd > 0:
-                        metrics["tokens_per_dollar"] = tokens_seen / meter.cost_usd
                     if peak:
                         metrics["mfu"] = tokens_per_second * s.token_flops / (peak * world)
                     if device.type == "cuda":
