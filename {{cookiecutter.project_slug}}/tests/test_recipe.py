@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from {{ cookiecutter.package_name }} import data, modeling, perf
 from {{ cookiecutter.package_name }}.config import ConfigError
 from {{ cookiecutter.package_name }}.evaluate import evaluate
+from {{ cookiecutter.package_name }}.fit import choose_micro_batch, largest_that_fits
 from {{ cookiecutter.package_name }}.merge import merge
-from {{ cookiecutter.package_name }}.train import choose_micro_batch, largest_that_fits, train
+from {{ cookiecutter.package_name }}.train import train
 
 from conftest import PROJECT, cli_overrides
 

@@ -41,8 +41,10 @@ import torch
 
 from . import attention, checkpoints, data, modeling, perf
 from .atomic import atomic_dir
+from .batch import to_device
 from .config import ConfigError, multi_gpu_problem
 from .cost import CostMeter
+from .fit import agree_on_micro_batch, choose_micro_batch
 from .tracking import Tracker
 
 
@@ -68,8 +70,6 @@ class StopSignal:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
-BATCH_KEYS = ("input_ids", "labels", "position_ids")
-
 
 @functools.lru_cache(maxsize=4)
 def epoch_order(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
@@ -86,24 +86,6 @@ def rows_for_step(step: int, global_batch: int, n_rows: int, seed: int) -> list[
     return rows
 
 
-def to_device(rows: dict[str, torch.Tensor], index, device, boundaries: bool = False) -> dict:
-    """One micro-batch on the device; with `boundaries`, also where each example starts
-    (for varlen / flash attention, worked out here on the CPU)."""
-    batch = {key: rows[key][index].long() for key in BATCH_KEYS}
-    if boundaries:
-        batch.update(attention.sequence_boundaries(batch["position_ids"]))
-    on_device = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            if device.type == "cuda":
-                # A copy from pageable memory first waits for the GPU to finish its queue; from
-                # pinned memory it does not, so the CPU goes on queueing the next micro-batch.
-                value = value.pin_memory()
-            value = value.to(device, non_blocking=True)
-        on_device[key] = value
-    return on_device
-
-
 def make_optimizer(name: str, parameters, lr: float, weight_decay: float, device: torch.device):
     if name == "adamw":
         return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
@@ -118,89 +100,6 @@ def learning_rate_schedule(optimizer, params):
 
     name = {"constant": "constant_with_warmup"}.get(params.train.lr_schedule, params.train.lr_schedule)
     return get_scheduler(name, optimizer, num_warmup_steps=params.train.warmup_steps, num_training_steps=params.train.max_steps)
-
-
-def fits(model, rows, micro_batch: int, device: torch.device) -> bool:
-    """One forward + backward at full row length: does it fit in GPU memory?"""
-    try:
-        batch = to_device(rows, slice(0, micro_batch), device, attention.takes_sequence_boundaries(model.config))
-        model(**batch, use_cache=False).loss.backward()
-        return True
-    except torch.cuda.OutOfMemoryError:
-        return False
-    finally:
-        model.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
-
-
-def choose_micro_batch(model, rows, params, per_process: int, device: torch.device, sharded: bool) -> tuple[int, int]:
-    """(micro_batch, number of gradient-checkpointed layers) for this run.
-
-    What is set is used as given. On a GPU, `auto` micro-batch or checkpointing probes what
-    fits (`largest_that_fits`). On a CPU, `auto` means min(4, per process) rows and no
-    checkpointing. Under FSDP (`sharded`) the model only fits once it is sharded, and a probe
-    there would run collectives that an out-of-memory error on one GPU could leave hanging:
-    `auto` means 1 row and no checkpointing.
-    """
-    wanted, checkpointing = params.train.micro_batch, params.train.gradient_checkpointing
-    checkpointed = 0
-    if checkpointing is True:
-        checkpointed = len(modeling.decoder_layers(model))
-        modeling.checkpoint_layers(model, checkpointed)
-    candidates = [m for m in range(per_process, 0, -1) if per_process % m == 0] if wanted == "auto" else [wanted]
-    if sharded:
-        return candidates[-1], checkpointed
-    if device.type != "cuda":
-        return next(m for m in candidates if m <= 4) if wanted == "auto" else wanted, checkpointed
-    if wanted != "auto" and checkpointing != "auto":
-        return wanted, checkpointed  # nothing left to choose
-    return largest_that_fits(model, rows, candidates, checkpointing, device)
-
-
-def largest_that_fits(model, rows, candidates: list[int], checkpointing: bool | str, device) -> tuple[int, int]:
-    """(micro_batch, checkpointed layers): the fastest choice that fits, tried in this order.
-
-    1. No checkpointing, the candidate micro-batches (divisors of the per-process batch, or
-       the one set), largest first.
-    2. With checkpointing `auto`, the smallest candidate with a quarter, a half, then three
-       quarters of the layers checkpointed: each recomputes only what it must.
-    3. Every layer checkpointed, the candidates largest first.
-    """
-    layers = len(modeling.decoder_layers(model))
-    if checkpointing is not True:
-        for micro_batch in candidates:
-            if fits(model, rows, micro_batch, device):
-                return micro_batch, 0
-    if checkpointing == "auto":
-        for checkpointed in modeling.partial_checkpointing(layers):
-            modeling.checkpoint_layers(model, checkpointed)
-            if fits(model, rows, candidates[-1], device):
-                return candidates[-1], checkpointed
-    if checkpointing is not False:
-        modeling.checkpoint_layers(model, layers)
-        for micro_batch in candidates:
-            if fits(model, rows, micro_batch, device):
-                return micro_batch, layers
-    smallest = "one row" if candidates[-1] == 1 else f"train.micro_batch={candidates[-1]} rows"
-    raise ConfigError(
-        f"not even {smallest} of data.max_length={rows['input_ids'].shape[1]} tokens fits in GPU memory"
-        f"{'' if checkpointing is not False else ' without gradient checkpointing'}: lower "
-        f"{'train.micro_batch or ' if candidates[-1] > 1 else ''}data.max_length"
-        f"{', set train.gradient_checkpointing=auto' if checkpointing is False else ''}, or use model.method=qlora"
-    )
-
-
-def agree_on_micro_batch(micro_batch: int, checkpointed: int, model, device) -> tuple[int, int]:
-    """Every process must split the batch the same way (else the gradient all-reduces of
-    DDP would not pair up and the job would hang): the smallest micro-batch, with the most
-    checkpointed layers any process needed."""
-    import torch.distributed as dist
-
-    choice = torch.tensor([-micro_batch, checkpointed], device=device)
-    dist.all_reduce(choice, op=dist.ReduceOp.MAX)
-    if int(choice[1]) != checkpointed:
-        modeling.checkpoint_layers(model, int(choice[1]))
-    return int(-choice[0]), int(choice[1])
 
 
 def machine_price(params, device: torch.device, world: int) -> tuple[float, str]:
