@@ -11,9 +11,12 @@ Features
 - the sample order is a pure function of (seed, step): a run can resume at any step;
 - single GPU, DDP or FSDP through `accelerate launch` (configs/accelerate/); checkpoints
   hold whole tensors, so a run may resume on another number of GPUs;
+- the loss over chunks of the tokens, never the whole rows x tokens x vocabulary logits
+  (loss.py), or Liger's fused linear cross-entropy when installed on a GPU;
 - `micro_batch: auto` finds the largest micro-batch that fits, gradient checkpointing
-  only when nothing fits without it (and on as few layers as will do), Liger fused
-  kernels when installed;
+  only when nothing fits without it (and on as few layers as will do), then layer inputs
+  in host RAM (offload.py) for rows too long for the GPU (fit.py); Liger fused kernels
+  when installed;
 - optional regional torch.compile of the decoder layers (`train.compile`);
 - AdamW (fused on GPU) or 8-bit / paged 8-bit AdamW from bitsandbytes;
 - checkpoints every N steps / M minutes, on SIGTERM or SIGINT (a spot notice, Ctrl-C) and
@@ -39,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from . import attention, checkpoints, data, modeling, perf
+from . import attention, checkpoints, data, loss, modeling, perf
 from .atomic import atomic_dir
 from .batch import to_device
 from .config import ConfigError, multi_gpu_problem
@@ -151,6 +154,8 @@ class Session:
     micro_batch: int
     accumulation: int
     checkpointed_layers: int  # gradient checkpointing on this many decoder layers (0: none)
+    offloaded: bool  # the checkpointed layers' inputs wait in host RAM (offload.py)
+    loss: str  # chunked (loss.py) | fused (Liger) | transformers
     sharded: bool  # FSDP: every process holds a shard of the weights
     liger: bool
     compiled: bool  # torch.compile'd decoder layers
@@ -214,7 +219,11 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
         base = modeling.load_base_model(params, device, to_device=not sharded)
     if params.model.attn_implementation == attention.VARLEN:
         attention.use_varlen(base, device, dtype)
+    elif attention.for_long_rows(base, params.model.attn_implementation, params.data.max_length, device):
+        attention.use_varlen(base, device, dtype, why=f"data.max_length={params.data.max_length} is too long for a T x T mask "
+                             f"and neither flash-attn nor flex attention is loaded, so {attention.VARLEN} is needed: ")
     liger = modeling.apply_liger_kernels(base, cfg.liger_kernels, device)
+    loss_kind = "fused" if liger else "chunked" if cfg.chunked_loss and loss.use_chunked_loss(base) else "transformers"
     n_matmul = perf.matmul_parameters(base)
     model = modeling.add_adapter(base, params)
     trainable, total = modeling.count_parameters(model)
@@ -224,9 +233,10 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
         summary = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())
         mean_context = summary["train"]["mean_context"]
     per_process = cfg.global_batch // accelerator.num_processes
-    micro_batch, checkpointed = choose_micro_batch(model, rows, params, per_process, device, sharded)
+    fit = choose_micro_batch(model, rows, params, per_process, device, sharded)
     if accelerator.num_processes > 1 and "auto" in (cfg.micro_batch, cfg.gradient_checkpointing):
-        micro_batch, checkpointed = agree_on_micro_batch(micro_batch, checkpointed, model, device)
+        fit = agree_on_micro_batch(fit, model, device)
+    micro_batch, checkpointed = fit.micro_batch, fit.checkpointed
 
     trainable_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg.optimizer, trainable_params, cfg.learning_rate, cfg.weight_decay, device)
@@ -240,7 +250,7 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
     return Session(
         params=params, accelerator=accelerator, model=model, base_config=config, tokenizer=tokenizer,
         optimizer=optimizer, scheduler=scheduler, rows=rows, micro_batch=micro_batch,
-        accumulation=per_process // micro_batch, checkpointed_layers=checkpointed, sharded=sharded, liger=liger, compiled=cfg.compile, dtype=dtype,
+        accumulation=per_process // micro_batch, checkpointed_layers=checkpointed, offloaded=fit.offloaded, loss=loss_kind, sharded=sharded, liger=liger, compiled=cfg.compile, dtype=dtype,
         token_flops=perf.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, mean_context or 0.0),
         trainable=trainable, total=total, summary=summary,
     )
@@ -353,13 +363,14 @@ def train(params, resume: str = "auto", log=print) -> Path:
             "trainable_parameters": s.trainable, "total_parameters": s.total, "processes": world,
             "resolved.micro_batch": s.micro_batch, "resolved.accumulation": s.accumulation,
             "resolved.checkpointed_layers": s.checkpointed_layers, "resolved.liger_kernels": s.liger,
+            "resolved.offload_activations": s.offloaded, "resolved.loss": s.loss,
             "resolved.compile": s.compiled,
             "resolved.dtype": str(s.dtype).removeprefix("torch."), "flops_per_token": int(s.token_flops),
         })
     log(
         f"training {s.trainable:,} of {s.total:,} parameters ({params.model.method}) on {world}x {device.type}{' (FSDP)' if s.sharded else ''}; "
         f"{n_rows} rows, global batch {cfg.global_batch} = {s.micro_batch} x {s.accumulation} accumulation x {world} processes"
-        f"{f', gradient checkpointing on {s.checkpointed_layers} of {s.base_config.num_hidden_layers} layers' if s.checkpointed_layers else ''}{', Liger kernels' if s.liger else ''}{', compiled layers' if s.compiled else ''}"
+        f"{f', gradient checkpointing on {s.checkpointed_layers} of {s.base_config.num_hidden_layers} layers' if s.checkpointed_layers else ''}{', their inputs in host RAM' if s.offloaded else ''}, {s.loss} loss{', Liger kernels' if s.liger else ''}{', compiled layers' if s.compiled else ''}"
     )
 
     def save_checkpoint(step: int) -> dict[str, torch.Tensor]:
