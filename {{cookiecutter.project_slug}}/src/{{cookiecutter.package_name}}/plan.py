@@ -442,6 +442,7 @@ def _peak(perf_name: str, fallback: float) -> float:
 GPUS = {
     gpu.name: gpu
     for gpu in (
+        GPU("T4", 15.0, 65.0, 0.25, 70, None),  # 16 GB, fp16 only (no bf16): the cheapest spot GPU on most clouds
         GPU("L4", 22.5, _peak("L4", 121.0), 0.30, 72, 2500),
         GPU("A10G", 22.5, 70.0, 0.35, 300, None),  # AWS-only A10 variant at lower clocks
         GPU("A10", 22.5, 125.0, 0.35, 150, 3500),
@@ -521,25 +522,29 @@ def choose_fit(shape: ModelShape, setup: TrainSetup, params: Params, gpu: GPU) -
     return {"fits": False, "setup": trial, "memory": memory, "reason": reason}
 
 
-def longest_row(shape: ModelShape, setup: TrainSetup, params: Params, gpu: GPU, step: int = 128) -> int:
+def longest_row(shape: ModelShape, setup: TrainSetup, params: Params, gpu: GPU, step: int = 128) -> dict:
     """The longest data.max_length (a multiple of `step` tokens) that fits `gpu` with one row per
     micro-batch and every lever params allows (checkpointing, host offloading, chunked loss,
-    the attention training would use at that length); 0 when not even `step` tokens fit."""
+    the attention training would use at that length): its tokens (0 when not even `step` fit),
+    whether it offloads, and the pinned host RAM that takes (GPU memory is the limit planned
+    for; the machine must also have that RAM)."""
     one_row = params.model_copy(update={"train": params.train.model_copy(update={"micro_batch": 1})})
 
-    def fits(tokens: int) -> bool:
+    def fit_at(tokens: int) -> dict:
         trial = replace(setup, seq_len=tokens, attention=attention.planned(params.model.attn_implementation, tokens))
-        return choose_fit(shape, trial, one_row, gpu)["fits"]
+        return choose_fit(shape, trial, one_row, gpu)
 
     low, high = 0, step
-    while fits(high):  # double until it no longer fits, then bisect
+    while fit_at(high)["fits"] and high < 2**24:  # double until it no longer fits, then bisect
         low, high = high, high * 2
-        if high > 2**24:
-            return low
     while high - low > step:
         middle = (low + high) // 2 // step * step
-        low, high = (middle, high) if fits(middle) else (low, middle)
-    return low
+        low, high = (middle, high) if fit_at(middle)["fits"] else (low, middle)
+    if not low:
+        return {"tokens": 0, "offload_activations": False, "host_ram_gib": 0.0}
+    best = fit_at(low)
+    return {"tokens": low, "offload_activations": best["setup"].offload,
+            "host_ram_gib": round(best["memory"].host_offloaded / GIB, 2)}
 
 
 def dataset_summary(params: Params) -> dict | None:
@@ -909,8 +914,10 @@ def render_table(plan: dict, top: int = 4) -> str:
     if plan["excluded"]:
         out += ["", "Excluded:"] + [f"  {e['gpu']}: {e['reason']}" for e in plan["excluded"]]
     out += ["", "Longest row that fits (micro_batch 1, with the checkpointing and offloading params allow):"]
-    out += [f"  {g['gpu']:<10} up to {g['longest_row']:>9,} tokens" if g["longest_row"] else f"  {g['gpu']:<10} not even 128 tokens"
-            for g in plan["gpus"]]
+    for g in plan["gpus"]:
+        row = g["longest_row"]
+        host = f" (layer inputs in {row['host_ram_gib']:.1f} GiB of pinned host RAM)" if row["offload_activations"] else ""
+        out.append(f"  {g['gpu']:<10} up to {row['tokens']:>9,} tokens{host}" if row["tokens"] else f"  {g['gpu']:<10} not even 128 tokens")
     budget = plan["budget"]
     if budget["cheapest_usd"] is not None:
         verdict = "within" if budget["within"] else "OVER"
