@@ -32,9 +32,10 @@ CHUNK_LOGITS_BYTES = 256 * 2**20
 UNSUPPORTED_CONFIG = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_router_logits")
 
 
-def chunk_tokens(vocab: int, budget_bytes: int = CHUNK_LOGITS_BYTES) -> int:
-    """Tokens per chunk: as many as keep one chunk's fp32 logits within `budget_bytes`."""
-    return max(1, budget_bytes // (4 * vocab))
+def chunk_tokens(vocab: int, budget_bytes: int | None = None) -> int:
+    """Tokens per chunk: as many as keep one chunk's fp32 logits within `budget_bytes`
+    (default CHUNK_LOGITS_BYTES)."""
+    return max(1, (budget_bytes or CHUNK_LOGITS_BYTES) // (4 * vocab))
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, vocab: int,
