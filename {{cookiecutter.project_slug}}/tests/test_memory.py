@@ -4,6 +4,7 @@ planner's longest row and the attention for long rows."""
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,6 +170,27 @@ def test_chunked_loss_peak_memory_measured_and_as_planned():
     print(f"whole step: {whole_plain / MIB:.0f} MiB with transformers' loss, {whole_chunked / MIB:.0f} MiB chunked "
           f"({whole_plain / whole_chunked:.1f}x)")
     assert whole_chunked < whole_plain / 5
+
+
+def test_fsdp_with_the_loss_in_chunks_trains_like_one_process(make_params, tmp_path, monkeypatch):
+    """FSDP over 2 CPU processes with 64-token loss chunks (each recomputed in backward, with the
+    output layer inside the sharded root) against one process with transformers' loss."""
+    from {{ cookiecutter.package_name }}.train import train
+    from test_recipe import SAME_UPDATE, assert_same_adapter, run_two_processes
+
+    from conftest import cli_overrides
+
+    single = make_params(*SAME_UPDATE, "train.chunked_loss=false")
+    data.prepare(single, **quiet)
+    train(single, **quiet)
+    vocab = json.loads((Path(single.model.base) / "config.json").read_text())["vocab_size"]
+    monkeypatch.setenv("TEST_LOSS_CHUNK_BYTES", str(4 * vocab * 64))
+    chunked = cli_overrides(single, **{"train.chunked_loss": "true", "train.output_dir": tmp_path / "fsdp",
+                                       "checkpoint.dir": tmp_path / "fsdp-checkpoints"})
+    result = run_two_processes("fsdp", *chunked)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on 2x cpu (FSDP)" in result.stdout + result.stderr and "chunked loss" in result.stdout + result.stderr
+    assert_same_adapter(f"{single.train.output_dir}/adapter", tmp_path / "fsdp/adapter")
 
 
 # ============================================================================== offloading

@@ -5,8 +5,9 @@ Everything here is an ESTIMATE, made before any GPU time is spent:
   (`AutoConfig`), else a built-in table of common models (works offline);
 - peak GPU memory, broken down: base weights (16-bit, or 4-bit NF4 with double
   quantization for QLoRA), LoRA parameters + gradients + AdamW states, activations kept
-  for backward (all layers, or one checkpoint per layer with gradient checkpointing),
-  logits and loss, CUDA context and allocator overhead;
+  for backward (all layers, or one checkpoint per layer with gradient checkpointing, or
+  those checkpoints in host RAM with offloading), the loss (all logits, or one chunk's),
+  CUDA context and allocator overhead; and the longest row that fits each GPU;
 - FLOPs per token (`perf.flops_per_token`, the LoRA convention) and hours on each GPU of a
   table (memory, dense bf16 peak, an expected MFU);
 - dollars per run for every (GPU, cloud, spot / on-demand) offer (`prices.py`). GPUs that
@@ -18,8 +19,9 @@ Everything here is an ESTIMATE, made before any GPU time is spent:
 - `check_budget`: refuses a plan whose cheapest run exceeds `budget.max_run_usd`.
 
 The memory model mirrors what this project's trainer keeps alive (Hugging Face
-transformers + PEFT: fp32 adapters, RMSNorm upcast to fp32, SDPA attention with a mask for
-packed rows, logits upcast to fp32 for the loss). tests/test_plan.py checks it against
+transformers + PEFT: fp32 adapters run under autocast, RMSNorm upcast to fp32, SDPA
+attention with a mask for packed rows up to attention.LONG_ROW_TOKENS and varlen beyond,
+the chunked loss of loss.py, host offloading of offload.py). tests/test_plan.py checks it against
 published peak-memory measurements; the speed numbers rest on an assumed MFU per GPU and
 should be replaced by measured ones (`tokens_per_second` and `mfu` in MLflow).
 """
