@@ -106,7 +106,10 @@ def _tiled(mlp_forward, tile: int):
         if tokens <= tile or not torch.is_grad_enabled():
             return mlp_forward(x)
         pieces = x.reshape(tokens, x.shape[-1]).split(tile)
-        out = torch.cat([checkpoint(mlp_forward, piece, use_reentrant=False) for piece in pieces])
+        first = checkpoint(mlp_forward, pieces[0], use_reentrant=False)
+        if not isinstance(first, torch.Tensor):  # a mixture of experts' (output, router logits): not sliced
+            return mlp_forward(x)
+        out = torch.cat([first, *(checkpoint(mlp_forward, piece, use_reentrant=False) for piece in pieces[1:])])
         return out.view(*x.shape[:-1], out.shape[-1])
 
     forward.tiled = True
