@@ -3,6 +3,7 @@
 # (`bench`) on the same GPU, one process per case, each with its own time limit.
 #   benchmarks/run_gpu.sh            on the GPU machine (after prepare_gpu_run.sh here)
 #   benchmarks/run_gpu.sh --smoke    on a CPU: the tiny shape, checks the plumbing
+#   benchmarks/run_gpu.sh --longest  on the GPU machine: only the longest-row checks
 # Records (JSON lines) go to ${OUT:-benchmarks/out}/results.jsonl; a table is printed.
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
@@ -12,6 +13,8 @@ results="$OUT/results.jsonl"
 : > "$results"
 smoke=0
 [ "${1:-}" = "--smoke" ] && smoke=1
+longest_only=0
+[ "${1:-}" = "--longest" ] && longest_only=1
 default_py=python3  # the GPU image's python, which holds torch
 [ "$smoke" -eq 1 ] && [ -x ../.venv/bin/python ] && default_py=../.venv/bin/python
 PY="${PY:-$default_py}"
@@ -59,6 +62,36 @@ case_run() {  # limit_s, name, command...
     || echo "{\"case\": \"$name\", \"error\": \"failed or timed out, see $name.log\"}" >> "$results"
 }
 
+refused_run() {  # limit_s, name, command...: must stop by itself, with the exit code and message of a refusal
+  local limit name="$2" started=$SECONDS status
+  limit="$(time_left "$1")"
+  shift 2
+  [ "$limit" -eq 0 ] && { skipped "$name"; return; }
+  echo "== $name (at most ${limit} s, must be refused)"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  status=$?
+  local refused=false
+  # Exit 2 is the CLI's bad-input code; 124 would be a hang cut short by timeout.
+  [ "$status" -eq 2 ] && grep -q "fits in GPU memory" "$OUT/$name.log" && refused=true
+  echo "{\"case\": \"$name\", \"refused\": $refused, \"exit_code\": $status, \"seconds\": $((SECONDS - started))}" >> "$results"
+}
+
+longest_row_checks() {
+  # The longest row plan promises for a 24 GB card (RTX4090 row: 8B QLoRA r32, all linear
+  # layers, one row), run with the allocator capped at 24 GiB; twice that must be refused
+  # with the reason, not hang.
+  local longest
+  longest="$("$PY" -m bench_project plan --params "$PARAMS" --json --set model.base=meta-llama/Llama-3.1-8B \
+    --set model.method=qlora --set model.dtype=auto --set lora.r=32 --set lora.target_modules=all-linear 2>/dev/null \
+    | "$PY" -c 'import json, sys; print(next(g["longest_row"]["tokens"] for g in json.load(sys.stdin)["gpus"] if g["gpu"] == "RTX4090"))')"
+  echo "plan: longest row on a 24 GB card: ${longest:-?} tokens"
+  [ -n "$longest" ] || { echo '{"case": "ours-8b-qlora-longest", "error": "plan gave no longest row"}' >> "$results"; return; }
+  case_run 300 ours-8b-qlora-longest "$PY" -m bench_project bench --params "$PARAMS" --shape 8b --method qlora --seq "$longest" \
+    --steps 1 --warmup 1 --global-batch 1 --gpu-memory-gib 24 --set lora.r=32 --variant ours_qlora_longest
+  refused_run 240 ours-8b-qlora-2x-longest "$PY" -m bench_project bench --params "$PARAMS" --shape 8b --method qlora \
+    --seq $((2 * longest)) --steps 1 --warmup 1 --global-batch 1 --gpu-memory-gib 24 --set lora.r=32 --variant ours_qlora_2x_longest
+}
+
 anchor_run() {  # limit_s, name, anchor arguments...: its --out JSON, appended as records
   local limit name="$2"
   limit="$(time_left "$1")"
@@ -73,7 +106,9 @@ for r in json.load(open(sys.argv[1])):
     || echo "{\"case\": \"$name\", \"error\": \"failed or timed out, see $name.log\"}" >> "$results"
 }
 
-if [ "$smoke" -eq 1 ]; then
+if [ "$longest_only" -eq 1 ]; then
+  longest_row_checks
+elif [ "$smoke" -eq 1 ]; then
   anchor_run 300 anchor-tiny --smoke --variants hf_recipe,tuned
   case_run 300 ours-tiny "$PY" -m bench_project bench --params "$PARAMS" --shape tiny --seq 256 --steps 3 --global-batch 8
   case_run 300 ours-tiny-compile "$PY" -m bench_project bench --params "$PARAMS" --shape tiny --seq 256 --steps 3 --global-batch 8 \
@@ -87,6 +122,7 @@ else
   # As on a 24 GB card: the allocator may hold 20 GiB, and micro_batch / checkpointing `auto` choose within that.
   case_run 200 ours-8b-qlora "$PY" -m bench_project bench --params "$PARAMS" --shape 8b --method qlora --seq 2048 --steps 6 --global-batch 8 \
     --gpu-memory-gib 20
+  longest_row_checks
   # Levers, one at a time against ours-1b / ours-8b, while the budget lasts (skipped cases are listed).
   case_run 120 ours-1b-varlen "$PY" -m bench_project bench --params "$PARAMS" --shape 1b --seq 2048 --steps 10 --global-batch 16 \
     --attention varlen --variant ours_lora_varlen

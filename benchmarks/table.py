@@ -12,6 +12,7 @@ from pathlib import Path
 SPEEDUP_TARGETS = {"1b": 3.0, "8b": 2.0, "tiny": None}  # tiny: the CPU plumbing check
 MFU_TARGET_8B = 0.50
 QLORA_8B_MAX_GIB = 20.0  # so that it fits a 24 GB card
+LONGEST_MAX_GIB = 24.0  # the cap the longest-row run is held to (--gpu-memory-gib 24)
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -19,6 +20,9 @@ def table(rows: list[dict]) -> list[str]:
     for r in rows:
         if "error" in r:
             lines.append(f"{r.get('case', '?'):25} ERROR {r['error']}")
+            continue
+        if "refused" in r:
+            lines.append(f"{r['case']:25} {'refused' if r['refused'] else 'NOT refused'} (exit {r['exit_code']}, {r['seconds']} s)")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
         peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") else "-"
@@ -31,7 +35,7 @@ def verdict(value: float, ok: bool, target: str) -> str:
 
 
 def targets(rows: list[dict]) -> list[str]:
-    got = {(r["model"], r["variant"]): r for r in rows if "error" not in r}
+    got = {(r["model"], r["variant"]): r for r in rows if "error" not in r and "refused" not in r}
     lines = []
     for model, target in SPEEDUP_TARGETS.items():
         if not any(m == model for m, _ in got):  # a shape this run did not measure at all
@@ -54,6 +58,18 @@ def targets(rows: list[dict]) -> list[str]:
         reserved = qlora["peak_reserved_gib"]
         lines.append(f"8b ours_qlora peak: {qlora['peak_gib']:.1f} GiB allocated, "
                      + verdict(f"{reserved:.1f} GiB reserved", reserved <= QLORA_8B_MAX_GIB, f"<= {QLORA_8B_MAX_GIB:g} GiB"))
+    longest = got.get(("8b", "ours_qlora_longest"))
+    if longest:
+        reserved = longest["peak_reserved_gib"]
+        lines.append(f"8b QLoRA longest row of plan for 24 GB ({longest['seq']:,} tokens): "
+                     + verdict(f"ran, {reserved:.1f} GiB reserved", reserved <= LONGEST_MAX_GIB, f"<= {LONGEST_MAX_GIB:g} GiB"))
+    elif any(r.get("case") == "ours-8b-qlora-longest" for r in rows):
+        lines.append("8b QLoRA longest row of plan for 24 GB: NOT met (failed, see its log)")
+    for r in rows:
+        if r.get("case") == "ours-8b-qlora-2x-longest":
+            ok = r.get("refused") is True
+            lines.append("8b QLoRA at twice that: " + ("refused with the reason (target met)" if ok else
+                         f"NOT refused cleanly (exit {r.get('exit_code')}, target NOT met)"))
     return lines
 
 

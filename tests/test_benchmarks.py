@@ -49,3 +49,19 @@ def test_the_table_says_which_targets_are_met_not_met_or_not_measured(tmp_path):
     assert "8b ours_qlora peak: 18.9 GiB allocated, 20.4 GiB reserved (target <= 20 GiB: NOT met)" in lines
     assert any(line.startswith("ours-8b") and "ERROR failed or timed out" in line for line in lines)
     assert not any(line.startswith("tiny") for line in lines)  # a shape not run is not reported
+
+
+def test_the_table_says_whether_the_longest_row_ran_and_twice_it_was_refused(tmp_path):
+    lines = table(tmp_path, [
+        record("8b", "ours_qlora_longest", 900, seq=85_504, peak_gib=21.0, peak_reserved_gib=23.1),
+        {"case": "ours-8b-qlora-2x-longest", "refused": True, "exit_code": 2, "seconds": 95},
+    ])
+    assert "8b QLoRA longest row of plan for 24 GB (85,504 tokens): ran, 23.1 GiB reserved (target <= 24 GiB: met)" in lines
+    assert "8b QLoRA at twice that: refused with the reason (target met)" in lines
+    assert "ours-8b-qlora-2x-longest  refused (exit 2, 95 s)" in lines
+    hung = table(tmp_path, [
+        {"case": "ours-8b-qlora-longest", "error": "failed or timed out, see ours-8b-qlora-longest.log"},
+        {"case": "ours-8b-qlora-2x-longest", "refused": False, "exit_code": 124, "seconds": 240},
+    ])
+    assert "8b QLoRA longest row of plan for 24 GB: NOT met (failed, see its log)" in hung
+    assert "8b QLoRA at twice that: NOT refused cleanly (exit 124, target NOT met)" in hung

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from {{ cookiecutter.package_name }} import attention, data, modeling
+from {{ cookiecutter.package_name }}.batch import to_device
 from {{ cookiecutter.package_name }}.config import ConfigError
-from {{ cookiecutter.package_name }}.train import to_device
 
 
 def reference_varlen_attn(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):

@@ -81,7 +81,7 @@ PEFT = dict(micro_batch=4, seq_len=768, checkpointing=False, attention="sdpa", l
 # logits), bf16 adapters and AdamW states, the peak being reserved memory. torchtune's NF4
 # quantizes only LoRA-targeted layers; its QLoRA config targets all of them, as bitsandbytes.
 TORCHTUNE_README = "https://github.com/pytorch/torchtune/blob/0031bfb080bd35ec533c412df883cf2bf7bf7fe4/README.md"
-TORCHTUNE = dict(micro_batch=2, seq_len=2048, checkpointing=True, attention="flash_attention_2", loss="chunked",
+TORCHTUNE = dict(micro_batch=2, seq_len=2048, checkpointing=True, attention="flash_attention_2", loss="chunked_output",
                  dropout=0.0, adapter_bytes=2)
 
 PUBLISHED = [
@@ -127,11 +127,14 @@ def test_shape_table_matches_a_published_parameter_count():
 def test_activation_formula_matches_what_autograd_saves(tmp_path):
     """Bytes per token one decoder layer saves for backward, counted with saved-tensor hooks on
     a small bf16 Llama with PEFT adapters (CPU; the layer-0 exceptions cancel in the difference
-    between a 3-layer and a 2-layer model)."""
+    between a 3-layer and a 2-layer model), under bf16 autocast as the trainer runs (accelerate's
+    mixed precision) and without it."""
+    import contextlib
+
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    def saved_bytes_per_token(layers: int, targets: list[str]) -> float:
+    def saved_bytes_per_token(layers: int, targets: list[str], autocast: bool) -> float:
         torch.manual_seed(0)
         config = LlamaConfig(hidden_size=256, intermediate_size=704, num_hidden_layers=layers, num_attention_heads=4,
                              num_key_value_heads=2, vocab_size=1000, attn_implementation="sdpa")
@@ -146,17 +149,19 @@ def test_activation_formula_matches_what_autograd_saves(tmp_path):
             return tensor
 
         ids = torch.randint(0, 1000, (2, 128))
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        mixed = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with mixed, torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
             model(input_ids=ids, labels=ids, use_cache=False)
         return sum(saved.values()) / ids.numel()
 
     shape = plan.ModelShape("probe", 256, 704, 3, 4, 2, 1000, False)
     for targets in (["q_proj", "v_proj"], list(plan.LINEAR_NAMES)):
-        measured = saved_bytes_per_token(3, targets) - saved_bytes_per_token(2, targets)
-        # No mask here, so SDPA keeps k and v unrepeated: the flash-attention branch.
-        setup = plan.TrainSetup(lora_r=8, targets=tuple(targets), attention="flash_attention_2")
-        estimated = plan.layer_activation_bytes(shape, setup)
-        assert estimated == pytest.approx(measured, rel=0.03), (targets, estimated, measured)
+        for autocast in (True, False):
+            measured = saved_bytes_per_token(3, targets, autocast) - saved_bytes_per_token(2, targets, autocast)
+            # No mask here, so SDPA keeps k and v unrepeated: the flash-attention branch.
+            setup = plan.TrainSetup(lora_r=8, targets=tuple(targets), attention="flash_attention_2", autocast=autocast)
+            estimated = plan.layer_activation_bytes(shape, setup)
+            assert estimated == pytest.approx(measured, rel=0.03), (targets, autocast, estimated, measured)
 
 
 def test_checkpointing_quantization_and_micro_batch_move_memory_the_right_way():
@@ -241,11 +246,11 @@ def test_short_runs_go_to_the_cheapest_hour(make_params, catalog):
 
 
 def test_gpus_that_do_not_fit_are_excluded_with_the_reason(make_params, catalog):
-    params = real_model(make_params, "model.base=Qwen/Qwen2.5-7B-Instruct", "data.max_length=4096")
+    params = real_model(make_params, "model.base=Qwen/Qwen2.5-14B-Instruct", "data.max_length=4096")
     result = plan.make_plan(params)
     excluded = {e["gpu"]: e["reason"] for e in result["excluded"]}
     gpus = {g["gpu"]: g for g in result["gpus"]}
-    for name in ("L4", "RTX4090", "A10G"):  # 24 GB cards cannot hold a 16-bit 7B model and its logits
+    for name in ("L4", "RTX4090", "A10G"):  # 24 GB cards cannot hold a 16-bit 14B model
         assert not gpus[name]["fits"]
         peak = gpus[name]["memory"]["peak"]
         assert peak > gpus[name]["usable_gib"]
@@ -445,7 +450,7 @@ def test_owned_card_break_even_arithmetic(make_params, catalog):
 
 
 def test_owned_card_that_cannot_hold_the_run(make_params, catalog):
-    params = real_model(make_params, "model.base=Qwen/Qwen2.5-7B-Instruct", "data.max_length=4096")
+    params = real_model(make_params, "model.base=Qwen/Qwen2.5-14B-Instruct", "data.max_length=4096")
     with pytest.raises(ConfigError, match="--owned RTX4090: the run does not fit"):
         plan.compare_owned(plan.make_plan(params), "RTX4090")
 

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from {{ cookiecutter.package_name }} import data, modeling, perf
 from {{ cookiecutter.package_name }}.config import ConfigError
 from {{ cookiecutter.package_name }}.evaluate import evaluate
+from {{ cookiecutter.package_name }}.fit import choose_micro_batch, largest_that_fits
 from {{ cookiecutter.package_name }}.merge import merge
-from {{ cookiecutter.package_name }}.train import choose_micro_batch, largest_that_fits, train
+from {{ cookiecutter.package_name }}.train import train
 
 from conftest import PROJECT, cli_overrides
 
@@ -196,9 +197,9 @@ def test_merged_model_gives_the_adapter_logits_and_generations_are_saved(make_pa
 def test_micro_batch_auto_on_cpu_keeps_the_global_batch(make_params):
     params = make_params("train.micro_batch=auto", "train.global_batch=12")
     cpu = torch.device("cpu")
-    assert choose_micro_batch(None, None, params, per_process=12, device=cpu, sharded=False) == (4, 0)
-    assert choose_micro_batch(None, None, params, per_process=6, device=cpu, sharded=False) == (3, 0)
-    assert choose_micro_batch(None, None, params, per_process=6, device=cpu, sharded=True) == (1, 0)
+    assert choose_micro_batch(None, None, params, per_process=12, device=cpu, sharded=False) == (4, 0, False)
+    assert choose_micro_batch(None, None, params, per_process=6, device=cpu, sharded=False) == (3, 0, False)
+    assert choose_micro_batch(None, None, params, per_process=6, device=cpu, sharded=True) == (1, 0, False)
 
 
 def test_the_micro_batch_probe_backs_off_and_checkpoints_as_few_layers_as_will_do(make_params):
@@ -210,37 +211,49 @@ def test_the_micro_batch_probe_backs_off_and_checkpoints_as_few_layers_as_will_d
     rows = data.load_prepared(params.data.prepared_dir, "train")
     cpu = torch.device("cpu")
 
-    def probe(most_rows: dict[int, int], checkpointing="auto", candidates=(8, 4, 2, 1)):
-        """most_rows: checkpointed layers -> the most rows that fit."""
+    def probe(most_rows: dict, checkpointing="auto", candidates=(8, 4, 2, 1), offload=False):
+        """most_rows: checkpointed layers (\"offload\": all, inputs in host RAM) -> the most rows that fit."""
         model = modeling.add_adapter(modeling.load_base_model(params, cpu), params)
         tried = []
 
         def memory_limit(module, args, kwargs):
             n = kwargs["input_ids"].shape[0]
-            checkpointed = sum(layer.gradient_checkpointing for layer in modeling.decoder_layers(model))
+            layers = modeling.decoder_layers(model)
+            checkpointed = sum(layer.gradient_checkpointing for layer in layers)
+            if any(getattr(layer._gradient_checkpointing_func, "offloads", False) for layer in layers if checkpointed):
+                checkpointed = "offload"
+            assert model.training  # the probe measures what training keeps (eval mode checkpoints nothing)
             tried.append((n, checkpointed))
             if n > most_rows[checkpointed]:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
         model.base_model.model.model.register_forward_pre_hook(memory_limit, with_kwargs=True)
-        choice = largest_that_fits(model, rows, list(candidates), checkpointing, cpu)
+        model.eval()
+        choice = largest_that_fits(model, rows, list(candidates), checkpointing, cpu, offload=offload)
         assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients behind
         return choice, tried
 
     no_checkpointing = [(8, 0), (4, 0), (2, 0), (1, 0)]
-    assert probe({0: 8, 1: 8, 2: 8}) == ((8, 0), [(8, 0)])
-    assert probe({0: 3, 1: 8, 2: 8}) == ((2, 0), no_checkpointing[:3])
+    assert probe({0: 8, 1: 8, 2: 8}) == ((8, 0, False), [(8, 0)])
+    assert probe({0: 3, 1: 8, 2: 8}) == ((2, 0, False), no_checkpointing[:3])
     # Recomputing costs time: checkpointing only when not even one row fits without it, and
     # one row with one layer of two checkpointed beats four rows with both.
-    assert probe({0: 0, 1: 1, 2: 4}) == ((1, 1), [*no_checkpointing, (1, 1)])
-    assert probe({0: 0, 1: 0, 2: 4}) == ((4, 2), [*no_checkpointing, (1, 1), (8, 2), (4, 2)])
-    assert probe({0: 8, 1: 8, 2: 2}, checkpointing=True) == ((2, 2), [(8, 2), (4, 2), (2, 2)])
+    assert probe({0: 0, 1: 1, 2: 4}) == ((1, 1, False), [*no_checkpointing, (1, 1)])
+    assert probe({0: 0, 1: 0, 2: 4}) == ((4, 2, False), [*no_checkpointing, (1, 1), (8, 2), (4, 2)])
+    assert probe({0: 8, 1: 8, 2: 2}, checkpointing=True) == ((2, 2, False), [(8, 2), (4, 2), (2, 2)])
+    # Host offloading only once checkpointing every layer does not fit, largest micro-batch first.
+    everything = [(8, 2), (4, 2), (2, 2), (1, 2)]
+    assert probe({0: 0, 1: 0, 2: 0, "offload": 2}, offload="auto") == (
+        (2, 2, True), [*no_checkpointing, (1, 1), *everything, (8, "offload"), (4, "offload"), (2, "offload")])
+    assert probe({0: 0, 1: 0, 2: 0, "offload": 8}, checkpointing=True, offload=True) == ((8, 2, True), [(8, "offload")])
+    with pytest.raises(ConfigError, match="not even one row of data.max_length=512 tokens fits in GPU memory with activations in host RAM"):
+        probe({0: 0, 1: 0, 2: 0, "offload": 0}, offload="auto")
     with pytest.raises(ConfigError, match="without gradient checkpointing: lower data.max_length, set train.gradient_checkpointing=auto"):
         probe({0: 0, 1: 4, 2: 4}, checkpointing=False)
     with pytest.raises(ConfigError, match="not even one row of data.max_length=512 tokens fits in GPU memory: lower"):
         probe({0: 0, 1: 0, 2: 0})
     # A micro_batch that is set, with checkpointing auto: as few checkpointed layers as it needs.
-    assert probe({0: 1, 1: 2, 2: 4}, candidates=[2]) == ((2, 1), [(2, 0), (2, 1)])
+    assert probe({0: 1, 1: 2, 2: 4}, candidates=[2]) == ((2, 1, False), [(2, 0), (2, 1)])
     with pytest.raises(ConfigError, match="not even train.micro_batch=2 rows .* lower train.micro_batch or data.max_length"):
         probe({0: 1, 1: 1, 2: 1}, candidates=[2])
 

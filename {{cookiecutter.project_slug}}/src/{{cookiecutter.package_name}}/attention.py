@@ -22,6 +22,35 @@ from .config import ConfigError
 
 VARLEN = "varlen"
 TAKES_SEQUENCE_BOUNDARIES = (VARLEN, "flash_attention_2")
+# Paths that find packed examples without a T x T mask (flex builds a block mask).
+UNMASKED = (VARLEN, "flash_attention_2", "flex_attention")
+# Rows longer than this never get a T x T mask on a GPU: one row's 16-bit mask would be
+# 128 MiB at 8k tokens, 12 GiB at 80k. `auto` switches to varlen for them (train and plan).
+LONG_ROW_TOKENS = 8192
+
+
+def planned(requested: str, max_length: int) -> str:
+    """The attention the planner plans a GPU run with: what is asked for; for `auto`, SDPA
+    (with its mask) up to LONG_ROW_TOKENS, varlen beyond (as `for_long_rows` makes training do)."""
+    if requested != "auto":
+        return requested
+    return VARLEN if max_length > LONG_ROW_TOKENS else "sdpa"
+
+
+def for_long_rows(model, requested: str, max_length: int, device: torch.device) -> bool:
+    """Whether training must switch the loaded model to varlen: rows longer than
+    LONG_ROW_TOKENS on a GPU with a masked attention. A ConfigError, with the reason, when the
+    attention was set by name to one that builds the mask."""
+    loaded = model.config._attn_implementation
+    if device.type != "cuda" or max_length <= LONG_ROW_TOKENS or loaded in UNMASKED:
+        return False
+    if requested != "auto":
+        gib = max_length**2 * 2 / 2**30
+        raise ConfigError(
+            f"model.attn_implementation={requested} builds a {max_length} x {max_length} mask for packed rows "
+            f"({gib:.1f} GiB per row) at data.max_length={max_length}: use auto or varlen, flash_attention_2 or flex_attention"
+        )
+    return True
 
 
 def sequence_boundaries(position_ids: torch.Tensor) -> dict:
@@ -45,8 +74,15 @@ def varlen_attn(*args, **kwargs):
     return kernel(*args, **kwargs)
 
 
-def use_varlen(model, device: torch.device, dtype: torch.dtype) -> None:
-    """Switch a loaded model's attention to `varlen`, or say why it cannot run here."""
+def use_varlen(model, device: torch.device, dtype: torch.dtype, why: str = "") -> None:
+    """Switch a loaded model's attention to `varlen`, or say why it cannot run here (after `why`)."""
+    try:
+        _use_varlen(model, device, dtype)
+    except ConfigError as err:
+        raise ConfigError(f"{why}{err}") from None
+
+
+def _use_varlen(model, device: torch.device, dtype: torch.dtype) -> None:
     from transformers import AttentionInterface
 
     if device.type != "cuda":

@@ -146,7 +146,7 @@ def run_bench(args) -> dict:
         "gpu_memory_cap_gib": args.gpu_memory_gib,
         "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "seq": args.seq, "micro_batch": session.micro_batch, "global_batch": args.global_batch,
-        "checkpointed_layers": session.checkpointed_layers, "liger": session.liger, "compile": session.compiled, "attention": attention,
+        "checkpointed_layers": session.checkpointed_layers, "offloaded": session.offloaded, "loss": session.loss, "liger": session.liger, "compile": session.compiled, "attention": attention,
         "flops_per_token": session.token_flops, "tokens": tokens, "seconds": seconds,
     }
     if args.price_usd_per_hour:

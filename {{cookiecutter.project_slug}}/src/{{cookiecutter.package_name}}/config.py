@@ -87,6 +87,8 @@ class TrainParams(_Section):
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
     gradient_checkpointing: bool | Literal["auto"] = "auto"  # auto: only when needed to fit
     liger_kernels: bool | Literal["auto"] = "auto"  # auto: when installed, on a GPU
+    chunked_loss: bool = True  # the loss over chunks of tokens, never all the logits (loss.py)
+    offload_activations: bool | Literal["auto"] = "auto"  # checkpointed layers' inputs in host RAM; auto: when nothing else fits
     compile: bool = False  # torch.compile each decoder layer (compiles once, at the start)
     seed: int = 42
     log_every_steps: int = Field(10, gt=0)
@@ -94,6 +96,8 @@ class TrainParams(_Section):
 
     @model_validator(mode="after")
     def _global_batch_divides(self) -> TrainParams:
+        if self.offload_activations is True and self.gradient_checkpointing is False:
+            raise ValueError("offload_activations=true needs gradient_checkpointing (true or auto): only checkpointed layers offload")
         if self.micro_batch == "auto":
             return self
         if self.micro_batch <= 0:

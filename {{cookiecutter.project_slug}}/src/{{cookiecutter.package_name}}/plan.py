@@ -5,8 +5,9 @@ Everything here is an ESTIMATE, made before any GPU time is spent:
   (`AutoConfig`), else a built-in table of common models (works offline);
 - peak GPU memory, broken down: base weights (16-bit, or 4-bit NF4 with double
   quantization for QLoRA), LoRA parameters + gradients + AdamW states, activations kept
-  for backward (all layers, or one checkpoint per layer with gradient checkpointing),
-  logits and loss, CUDA context and allocator overhead;
+  for backward (all layers, or one checkpoint per layer with gradient checkpointing, or
+  those checkpoints in host RAM with offloading), the loss (all logits, or one chunk's),
+  CUDA context and allocator overhead; and the longest row that fits each GPU;
 - FLOPs per token (`perf.flops_per_token`, the LoRA convention) and hours on each GPU of a
   table (memory, dense bf16 peak, an expected MFU);
 - dollars per run for every (GPU, cloud, spot / on-demand) offer (`prices.py`). GPUs that
@@ -18,8 +19,9 @@ Everything here is an ESTIMATE, made before any GPU time is spent:
 - `check_budget`: refuses a plan whose cheapest run exceeds `budget.max_run_usd`.
 
 The memory model mirrors what this project's trainer keeps alive (Hugging Face
-transformers + PEFT: fp32 adapters, RMSNorm upcast to fp32, SDPA attention with a mask for
-packed rows, logits upcast to fp32 for the loss). tests/test_plan.py checks it against
+transformers + PEFT: fp32 adapters run under autocast, RMSNorm upcast to fp32, SDPA
+attention with a mask for packed rows up to attention.LONG_ROW_TOKENS and varlen beyond,
+the chunked loss of loss.py, host offloading of offload.py). tests/test_plan.py checks it against
 published peak-memory measurements; the speed numbers rest on an assumed MFU per GPU and
 should be replaced by measured ones (`tokens_per_second` and `mfu` in MLflow).
 """
@@ -33,8 +35,9 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import modeling, perf, prices
+from . import attention, loss, modeling, perf, prices
 from .config import ConfigError, Params, load_params
+from .offload import MLP_TILE_TOKENS
 
 GIB = 2**30
 
@@ -218,10 +221,18 @@ class TrainSetup:
     micro_batch: int = 1
     seq_len: int = 1024
     checkpointing: float = 0.0  # the fraction of layers with gradient checkpointing (0: none, 1: all)
-    attention: str = "sdpa"  # sdpa (with a mask: packed rows) | flash_attention_2 | varlen | eager
-    loss: str = "hf"  # hf: fp32 logits | chunked: bf16 logits, fp32 per chunk | fused: no logits kept
+    attention: str = "sdpa"  # sdpa (with a mask: packed rows) | flash_attention_2 | varlen | flex_attention | eager
+    # hf: transformers' fp32 logits | chunked: this project's (loss.py), one chunk's logits at a time |
+    # fused: Liger, no logits kept | chunked_output: torchtune's, 16-bit logits kept, fp32 per eighth
+    loss: str = "hf"
+    offload: bool = False  # checkpointed layers' inputs in host RAM, MLP in slices (offload.py)
+    chunk_tokens: int = 0  # tokens per loss chunk; 0: loss.chunk_tokens(vocab)
+    mlp_tile: int = MLP_TILE_TOKENS  # tokens per MLP slice when offloading
     dtype_bytes: int = 2
     adapter_bytes: int = 4  # PEFT keeps adapters in fp32 on a bf16 base (autocast_adapter_dtype)
+    # Mixed-precision autocast (this trainer through accelerate, HF Trainer with bf16=True): the
+    # fp32 adapters' matmuls run in 16 bit and keep 16-bit inputs (measured in tests/test_plan.py).
+    autocast: bool = True
     optimizer: str = "adamw"  # adamw | adamw_8bit | paged_adamw_8bit
 
 
@@ -236,6 +247,7 @@ class MemoryEstimate:
     backward_working_set: float  # one layer's recomputed activations and gradients
     allocator_overhead: float
     cuda_context: float = CUDA_CONTEXT_GIB * GIB
+    host_offloaded: float = 0.0  # pinned host RAM holding the layer inputs (not GPU memory)
 
     @property
     def dynamic(self) -> float:
@@ -262,17 +274,18 @@ class MemoryEstimate:
             "allocator_overhead": self.allocator_overhead,
             "cuda_context": self.cuda_context,
             "peak": self.total,
+            "host_ram": self.host_offloaded,
         }
         return {key: round(value / GIB, 3) for key, value in parts.items()}
 
 
-def targeted_modules(shape: ModelShape, targets) -> list[tuple[str, int, int]]:
+def targeted_modules(shape: ModelShape, targets, strict: bool = True) -> list[tuple[str, int, int]]:
     modules = shape.linear_modules()
     if targets in ("all-linear", "all_linear", ("all-linear",)):
         return modules
     names = {targets} if isinstance(targets, str) else set(targets)
     chosen = [m for m in modules if m[0] in names]
-    if not chosen:
+    if not chosen and strict:
         known = ", ".join(name for name, _, _ in modules)
         raise ConfigError(f"lora.target_modules={sorted(names)} matches no linear layer of {shape.name} ({known})")
     return chosen
@@ -298,7 +311,7 @@ def adapter_bytes(shape: ModelShape, setup: TrainSetup) -> float:
 
 def layer_activation_bytes(shape: ModelShape, setup: TrainSetup) -> float:
     """Bytes per token one decoder layer keeps for backward (checked with saved-tensor hooks)."""
-    a, h, i = setup.dtype_bytes, shape.hidden, shape.intermediate
+    a, h = setup.dtype_bytes, shape.hidden
     norms = shape.norms_per_layer * 4 * h  # HF RMSNorm keeps its input upcast to fp32
     lse = 4 * shape.heads  # attention's log-sum-exp, fp32 per head
     if setup.attention in UNMASKED_ATTENTION:
@@ -308,26 +321,55 @@ def layer_activation_bytes(shape: ModelShape, setup: TrainSetup) -> float:
         attention = a * 4 * shape.q_dim + lse
         if setup.attention == "eager":
             attention += shape.heads * setup.seq_len * (4 + a)  # fp32 softmax and its 16-bit copy
-    mlp = 3 * a * i  # gate output (activation input), activation output, up output
-    lora = 0.0
-    for _, d_in, d_out in targeted_modules(shape, setup.targets):
-        lora += setup.adapter_bytes * d_in + setup.adapter_bytes * setup.lora_r  # fp32 input copy, A's output
-        if setup.dropout > 0:
-            lora += d_in  # dropout mask (1 byte per element)
-        if setup.method == "dora":
-            lora += (a + setup.adapter_bytes) * d_out  # base and LoRA outputs, scaled by the magnitude
-    return norms + attention + mlp + lora
+    lora = sum(_lora_activation_bytes(setup, d_in, d_out) for _, d_in, d_out in targeted_modules(shape, setup.targets))
+    return norms + attention + lora + mlp_activation_bytes(shape, setup, with_lora=False)
+
+
+def _lora_activation_bytes(setup: TrainSetup, d_in: int, d_out: int) -> float:
+    width = setup.dtype_bytes if setup.autocast else setup.adapter_bytes
+    kept = width * d_in + width * setup.lora_r  # A's input (a 16-bit cast under autocast, else an fp32 copy), A's output
+    if setup.dropout > 0:
+        kept += d_in  # dropout mask (1 byte per element)
+    if setup.method == "dora":
+        kept += (setup.dtype_bytes + setup.adapter_bytes) * d_out  # base and LoRA outputs, scaled by the magnitude
+    return kept
+
+
+def mlp_activation_bytes(shape: ModelShape, setup: TrainSetup, with_lora: bool = True) -> float:
+    """Bytes per token the MLP (and, with_lora, its adapters) keeps: what slices of the row shrink."""
+    mlp = 3 * setup.dtype_bytes * shape.intermediate  # gate output (activation input), activation output, up output
+    if with_lora:
+        mlp_names = ("gate_proj", "up_proj", "down_proj", "gate_up_proj")
+        mlp += sum(_lora_activation_bytes(setup, d_in, d_out)
+                   for name, d_in, d_out in targeted_modules(shape, setup.targets, strict=False) if name in mlp_names)
+    return mlp
 
 
 def logits_bytes_per_token(shape: ModelShape, setup: TrainSetup) -> float:
+    """transformers: 16-bit logits, fp32 log-softmax kept for backward, its gradient and the
+    gradient of its input exist together while the loss is differentiated (fp32 logits are
+    not copied: 12 bytes per word, as measured in tests/test_memory.py)."""
     v = shape.vocab
     if setup.loss == "fused":  # Liger's fused linear cross-entropy never materialises the logits
         return 0.0
-    if setup.loss == "chunked":  # 16-bit logits kept, fp32 work one chunk (of 8) at a time
-        return setup.dtype_bytes * v + 12 * v / 8
-    # transformers: 16-bit logits, fp32 log-softmax kept for backward, its gradient and the
-    # gradient of its input exist together while the loss is differentiated.
-    return setup.dtype_bytes * v + 12 * v
+    logits = setup.dtype_bytes * v if setup.dtype_bytes < 4 else 0
+    if setup.loss == "chunked_output":  # torchtune: 16-bit logits kept, fp32 work one chunk (of 8) at a time
+        return logits + 12 * v / 8
+    return logits + 12 * v
+
+
+def loss_chunk_tokens(shape: ModelShape, setup: TrainSetup) -> int:
+    return setup.chunk_tokens or loss.chunk_tokens(shape.vocab)
+
+
+def logits_and_loss_bytes(shape: ModelShape, setup: TrainSetup) -> float:
+    """Peak of the loss: all tokens' logits, or (loss.py) one chunk's plus the gradient of the
+    hidden states, assembled whole from the chunks' pieces."""
+    tokens = setup.micro_batch * setup.seq_len
+    chunk = loss_chunk_tokens(shape, setup)
+    if setup.loss != "chunked" or tokens <= chunk:
+        return logits_bytes_per_token(shape, setup) * tokens
+    return logits_bytes_per_token(shape, setup) * chunk + 2 * setup.dtype_bytes * shape.hidden * tokens
 
 
 def checkpointed_layers(shape: ModelShape, setup: TrainSetup) -> int:
@@ -341,20 +383,28 @@ def estimate_memory(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
     per_layer = layer_activation_bytes(shape, setup)
     final_norm = 4 * h * tokens  # the last RMSNorm's fp32 input
     # SDPA and eager get a 4-D mask for packed rows: micro_batch x T x T, shared by all layers.
-    mask = setup.micro_batch * setup.seq_len**2 * a if setup.attention not in UNMASKED_ATTENTION else 0
+    mask = setup.micro_batch * setup.seq_len**2 * a if setup.attention not in attention.UNMASKED else 0
     largest = max(d_in * d_out for _, d_in, d_out in shape.linear_modules())
     transient = 0.0
     if setup.method == "qlora":
         transient += a * largest  # one weight dequantized to 16-bit for its matmul
     if setup.method == "dora":
         transient += 3 * setup.adapter_bytes * largest  # weight + B@A + their sum, for the norm
-    gradients = (2 * a * h + 3 * a * i) * tokens  # one layer's input / intermediate gradients
     checkpointed = checkpointed_layers(shape, setup)  # each keeps only its input
-    activations = ((shape.layers - checkpointed) * per_layer + checkpointed * a * h) * tokens + final_norm + mask
+    offloaded = setup.offload and checkpointed == shape.layers
+    # With offloading the MLP runs in slices of mlp_tile tokens: its share is slice-sized.
+    mlp_tokens = min(tokens, setup.mlp_tile) if offloaded else tokens
+    gradients = 2 * a * h * tokens + 3 * a * i * mlp_tokens  # one layer's input / intermediate gradients
+    layer_inputs = checkpointed * a * h * tokens
+    host = 0.0
+    if offloaded:  # in host RAM; on the GPU the input being used and the one fetched ahead
+        host, layer_inputs = layer_inputs, min(2, checkpointed) * a * h * tokens
+    activations = (shape.layers - checkpointed) * per_layer * tokens + layer_inputs + final_norm + mask
     working = gradients + transient
-    if checkpointed:
-        working += per_layer * tokens  # the layer being recomputed
-    logits = logits_bytes_per_token(shape, setup) * tokens
+    if checkpointed:  # the layer being recomputed
+        mlp = mlp_activation_bytes(shape, setup)
+        working += (per_layer - mlp) * tokens + mlp * mlp_tokens
+    logits = logits_and_loss_bytes(shape, setup)
     estimate = MemoryEstimate(
         base_weights=weight_bytes(shape, setup),
         adapter_and_optimizer=adapter_bytes(shape, setup),
@@ -362,6 +412,7 @@ def estimate_memory(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
         logits_and_loss=logits,
         backward_working_set=working,
         allocator_overhead=0.0,
+        host_offloaded=host,
     )
     estimate.allocator_overhead = ALLOCATOR_OVERHEAD * estimate.dynamic
     return estimate
@@ -393,6 +444,7 @@ def _peak(perf_name: str, fallback: float) -> float:
 GPUS = {
     gpu.name: gpu
     for gpu in (
+        GPU("T4", 15.0, 65.0, 0.25, 70, None),  # 16 GB, fp16 only (no bf16): the cheapest spot GPU on most clouds
         GPU("L4", 22.5, _peak("L4", 121.0), 0.30, 72, 2500),
         GPU("A10G", 22.5, 70.0, 0.35, 300, None),  # AWS-only A10 variant at lower clocks
         GPU("A10", 22.5, 125.0, 0.35, 150, 3500),
@@ -422,9 +474,11 @@ def base_setup(params: Params) -> TrainSetup:
         targets=targets if isinstance(targets, str) else tuple(targets),
         dropout=params.lora.dropout,
         seq_len=params.data.max_length,
-        # flash-attn is not a dependency: plan for SDPA unless it was asked for by name.
-        attention=params.model.attn_implementation if params.model.attn_implementation != "auto" else "sdpa",
-        loss="fused" if params.train.liger_kernels is True else "hf",
+        # flash-attn is not a dependency: plan for SDPA unless it was asked for by name, and for
+        # varlen beyond attention.LONG_ROW_TOKENS, as training switches to it there.
+        attention=attention.planned(params.model.attn_implementation, params.data.max_length),
+        # Liger on `auto` depends on the GPU machine's packages: planned as loss.py's chunked loss.
+        loss="fused" if params.train.liger_kernels is True else "chunked" if params.train.chunked_loss else "hf",
         dtype_bytes=4 if params.model.dtype == "float32" else 2,
         optimizer=params.train.optimizer,
     )
@@ -438,28 +492,61 @@ def choose_fit(shape: ModelShape, setup: TrainSetup, params: Params, gpu: GPU) -
     of the layers with one row, then on all of them.
     """
     wanted, checkpointing = params.train.micro_batch, params.train.gradient_checkpointing
+    offloading = params.train.offload_activations
+    if offloading is True:
+        checkpointing = True
     batch = params.train.global_batch
     sizes = [wanted] if wanted != "auto" else [m for m in range(batch, 0, -1) if batch % m == 0]
     layers = shape.layers
-    trials = []  # (micro_batch, fraction of layers checkpointed), in the trainer's order
+    trials = []  # (micro_batch, fraction of layers checkpointed, offload), in the trainer's order (fit.py)
     if checkpointing is not True:
-        trials += [(m, 0.0) for m in sizes]
+        trials += [(m, 0.0, False) for m in sizes]
     if checkpointing == "auto":
-        trials += [(min(sizes), count / layers) for count in modeling.partial_checkpointing(layers)]
+        trials += [(min(sizes), count / layers, False) for count in modeling.partial_checkpointing(layers)]
     if checkpointing is not False:
-        trials += [(m, 1.0) for m in sizes]
+        if offloading is not True:
+            trials += [(m, 1.0, False) for m in sizes]
+        if offloading is not False:
+            trials += [(m, 1.0, True) for m in sizes]
     limit = usable_gib(gpu) * GIB
-    for micro_batch, fraction in trials:
-        trial = replace(setup, micro_batch=micro_batch, checkpointing=fraction)
+    for micro_batch, fraction, offloaded in trials:
+        trial = replace(setup, micro_batch=micro_batch, checkpointing=fraction, offload=offloaded)
         memory = estimate_memory(shape, trial)
         if memory.total <= limit:
             return {"fits": True, "setup": trial, "memory": memory}
-    with_ckpt = "with" if trial.checkpointing else "without"
+    with_ckpt = ("with" if trial.checkpointing else "without") + " gradient checkpointing"
+    if trial.offload:
+        with_ckpt += " and activations in host RAM"
     reason = (
-        f"needs ~{memory.total / GIB:.1f} GiB at micro_batch {trial.micro_batch} {with_ckpt} gradient checkpointing; "
+        f"needs ~{memory.total / GIB:.1f} GiB at micro_batch {trial.micro_batch} {with_ckpt}; "
         f"{gpu.name} has {gpu.memory_gib:.1f} GiB, {usable_gib(gpu):.1f} usable with a {round(SAFETY_MARGIN * 100)}% margin"
     )
     return {"fits": False, "setup": trial, "memory": memory, "reason": reason}
+
+
+def longest_row(shape: ModelShape, setup: TrainSetup, params: Params, gpu: GPU, step: int = 128) -> dict:
+    """The longest data.max_length (a multiple of `step` tokens) that fits `gpu` with one row per
+    micro-batch and every lever params allows (checkpointing, host offloading, chunked loss,
+    the attention training would use at that length): its tokens (0 when not even `step` fit),
+    whether it offloads, and the pinned host RAM that takes (GPU memory is the limit planned
+    for; the machine must also have that RAM)."""
+    one_row = params.model_copy(update={"train": params.train.model_copy(update={"micro_batch": 1})})
+
+    def fit_at(tokens: int) -> dict:
+        trial = replace(setup, seq_len=tokens, attention=attention.planned(params.model.attn_implementation, tokens))
+        return choose_fit(shape, trial, one_row, gpu)
+
+    low, high = 0, step
+    while fit_at(high)["fits"] and high < 2**24:  # double until it no longer fits, then bisect
+        low, high = high, high * 2
+    while high - low > step:
+        middle = (low + high) // 2 // step * step
+        low, high = (middle, high) if fit_at(middle)["fits"] else (low, middle)
+    if not low:
+        return {"tokens": 0, "offload_activations": False, "host_ram_gib": 0.0}
+    best = fit_at(low)
+    return {"tokens": low, "offload_activations": best["setup"].offload,
+            "host_ram_gib": round(best["memory"].host_offloaded / GIB, 2)}
 
 
 def dataset_summary(params: Params) -> dict | None:
@@ -525,7 +612,9 @@ def gpu_estimate(shape: ModelShape, setup: TrainSetup, params: Params, work: dic
         "reason": fit.get("reason"),
         "micro_batch": fit["setup"].micro_batch,
         "gradient_checkpointing": fit["setup"].checkpointing,
+        "offload_activations": fit["setup"].offload,
         "memory": fit["memory"].gib(),
+        "longest_row": longest_row(shape, setup, params, gpu),
     }
     entry.update({key: round(value, 4) for key, value in hours_on(gpu, work, fit["setup"], shape).items()})
     return entry
@@ -556,7 +645,7 @@ def make_plan(params: Params, environ=None) -> dict:
     return {
         "note": "estimates, not measurements: memory within ~20% of published runs; time assumes an MFU per GPU",
         "model": {**asdict(shape), "total_params": shape.total_params, "matmul_params": shape.matmul_params},
-        "setup": {k: v for k, v in asdict(setup).items() if k not in ("micro_batch", "checkpointing")},
+        "setup": {k: v for k, v in asdict(setup).items() if k not in ("micro_batch", "checkpointing", "offload")},
         "work": work,
         "prices": {"source": price_source, "offers": len(offers)},
         "gpus": list(gpus.values()),
@@ -781,6 +870,7 @@ def render_table(plan: dict, top: int = 4) -> str:
         "  ESTIMATES, not measurements: memory within ~20% of published runs, time from an assumed MFU.",
         f"  model shape: {model['layers']} layers, hidden {model['hidden']}, {model['total_params'] / 1e9:.2f}B params"
         f" (from {model['source']})",
+        f"  trainer: {setup['loss']} loss, {setup['attention']} attention",
         f"  run: {work['steps']} steps x {work['global_batch']} rows x {work['seq_len']} tokens"
         f" = {work['tokens'] / 1e6:.1f}M tokens, {work['flops_per_token'] / 1e9:.2f} GFLOP/token",
     ]
@@ -795,8 +885,9 @@ def render_table(plan: dict, top: int = 4) -> str:
     best = plan["cheapest"]
     if best:
         entry = next(g for g in plan["gpus"] if g["gpu"] == best["gpu"])
+        offloaded = ", layer inputs in host RAM" if entry["offload_activations"] else ""
         out += ["", f"Peak memory on {best['gpu']} (micro_batch {entry['micro_batch']}, "
-                    f"gradient checkpointing {checkpointing_label(entry['gradient_checkpointing'], 'on', 'off')}):"]
+                    f"gradient checkpointing {checkpointing_label(entry['gradient_checkpointing'], 'on', 'off')}{offloaded}):"]
         labels = {
             "base_weights": "base weights" + (" (4-bit NF4)" if setup["method"] == "qlora" else " (16-bit)"),
             "adapter_and_optimizer": "LoRA params + grads + AdamW",
@@ -809,6 +900,8 @@ def render_table(plan: dict, top: int = 4) -> str:
         }
         for key, label in labels.items():
             out.append(f"  {label:<46} {entry['memory'][key]:7.2f} GiB")
+        if entry["memory"]["host_ram"]:
+            out.append(f"  {'host RAM (pinned): offloaded layer inputs':<46} {entry['memory']['host_ram']:7.2f} GiB")
 
     kind = "spot" if plan["spot"] else "on-demand"
     shown = [o for o in plan["ranked"] if o["gpu"] in plan["candidates"][:top] and o["spot"] == plan["spot"]]
@@ -825,6 +918,11 @@ def render_table(plan: dict, top: int = 4) -> str:
         out.append("  (none)")
     if plan["excluded"]:
         out += ["", "Excluded:"] + [f"  {e['gpu']}: {e['reason']}" for e in plan["excluded"]]
+    out += ["", "Longest row that fits (micro_batch 1, with the checkpointing and offloading params allow):"]
+    for g in plan["gpus"]:
+        row = g["longest_row"]
+        host = f" (layer inputs in {row['host_ram_gib']:.1f} GiB of pinned host RAM)" if row["offload_activations"] else ""
+        out.append(f"  {g['gpu']:<10} up to {row['tokens']:>9,} tokens{host}" if row["tokens"] else f"  {g['gpu']:<10} not even 128 tokens")
     budget = plan["budget"]
     if budget["cheapest_usd"] is not None:
         verdict = "within" if budget["within"] else "OVER"

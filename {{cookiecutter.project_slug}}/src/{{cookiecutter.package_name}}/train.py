@@ -11,9 +11,12 @@ Features
 - the sample order is a pure function of (seed, step): a run can resume at any step;
 - single GPU, DDP or FSDP through `accelerate launch` (configs/accelerate/); checkpoints
   hold whole tensors, so a run may resume on another number of GPUs;
+- the loss over chunks of the tokens, never the whole rows x tokens x vocabulary logits
+  (loss.py), or Liger's fused linear cross-entropy when installed on a GPU;
 - `micro_batch: auto` finds the largest micro-batch that fits, gradient checkpointing
-  only when nothing fits without it (and on as few layers as will do), Liger fused
-  kernels when installed;
+  only when nothing fits without it (and on as few layers as will do), then layer inputs
+  in host RAM (offload.py) for rows too long for the GPU (fit.py); Liger fused kernels
+  when installed;
 - optional regional torch.compile of the decoder layers (`train.compile`);
 - AdamW (fused on GPU) or 8-bit / paged 8-bit AdamW from bitsandbytes;
 - checkpoints every N steps / M minutes, on SIGTERM or SIGINT (a spot notice, Ctrl-C) and
@@ -39,10 +42,12 @@ from pathlib import Path
 
 import torch
 
-from . import attention, checkpoints, data, modeling, perf
+from . import attention, checkpoints, data, loss, modeling, perf
 from .atomic import atomic_dir
+from .batch import to_device
 from .config import ConfigError, multi_gpu_problem
 from .cost import CostMeter
+from .fit import agree_on_micro_batch, choose_micro_batch
 from .tracking import Tracker
 
 
@@ -68,8 +73,6 @@ class StopSignal:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
-BATCH_KEYS = ("input_ids", "labels", "position_ids")
-
 
 @functools.lru_cache(maxsize=4)
 def epoch_order(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
@@ -86,24 +89,6 @@ def rows_for_step(step: int, global_batch: int, n_rows: int, seed: int) -> list[
     return rows
 
 
-def to_device(rows: dict[str, torch.Tensor], index, device, boundaries: bool = False) -> dict:
-    """One micro-batch on the device; with `boundaries`, also where each example starts
-    (for varlen / flash attention, worked out here on the CPU)."""
-    batch = {key: rows[key][index].long() for key in BATCH_KEYS}
-    if boundaries:
-        batch.update(attention.sequence_boundaries(batch["position_ids"]))
-    on_device = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            if device.type == "cuda":
-                # A copy from pageable memory first waits for the GPU to finish its queue; from
-                # pinned memory it does not, so the CPU goes on queueing the next micro-batch.
-                value = value.pin_memory()
-            value = value.to(device, non_blocking=True)
-        on_device[key] = value
-    return on_device
-
-
 def make_optimizer(name: str, parameters, lr: float, weight_decay: float, device: torch.device):
     if name == "adamw":
         return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
@@ -118,89 +103,6 @@ def learning_rate_schedule(optimizer, params):
 
     name = {"constant": "constant_with_warmup"}.get(params.train.lr_schedule, params.train.lr_schedule)
     return get_scheduler(name, optimizer, num_warmup_steps=params.train.warmup_steps, num_training_steps=params.train.max_steps)
-
-
-def fits(model, rows, micro_batch: int, device: torch.device) -> bool:
-    """One forward + backward at full row length: does it fit in GPU memory?"""
-    try:
-        batch = to_device(rows, slice(0, micro_batch), device, attention.takes_sequence_boundaries(model.config))
-        model(**batch, use_cache=False).loss.backward()
-        return True
-    except torch.cuda.OutOfMemoryError:
-        return False
-    finally:
-        model.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
-
-
-def choose_micro_batch(model, rows, params, per_process: int, device: torch.device, sharded: bool) -> tuple[int, int]:
-    """(micro_batch, number of gradient-checkpointed layers) for this run.
-
-    What is set is used as given. On a GPU, `auto` micro-batch or checkpointing probes what
-    fits (`largest_that_fits`). On a CPU, `auto` means min(4, per process) rows and no
-    checkpointing. Under FSDP (`sharded`) the model only fits once it is sharded, and a probe
-    there would run collectives that an out-of-memory error on one GPU could leave hanging:
-    `auto` means 1 row and no checkpointing.
-    """
-    wanted, checkpointing = params.train.micro_batch, params.train.gradient_checkpointing
-    checkpointed = 0
-    if checkpointing is True:
-        checkpointed = len(modeling.decoder_layers(model))
-        modeling.checkpoint_layers(model, checkpointed)
-    candidates = [m for m in range(per_process, 0, -1) if per_process % m == 0] if wanted == "auto" else [wanted]
-    if sharded:
-        return candidates[-1], checkpointed
-    if device.type != "cuda":
-        return next(m for m in candidates if m <= 4) if wanted == "auto" else wanted, checkpointed
-    if wanted != "auto" and checkpointing != "auto":
-        return wanted, checkpointed  # nothing left to choose
-    return largest_that_fits(model, rows, candidates, checkpointing, device)
-
-
-def largest_that_fits(model, rows, candidates: list[int], checkpointing: bool | str, device) -> tuple[int, int]:
-    """(micro_batch, checkpointed layers): the fastest choice that fits, tried in this order.
-
-    1. No checkpointing, the candidate micro-batches (divisors of the per-process batch, or
-       the one set), largest first.
-    2. With checkpointing `auto`, the smallest candidate with a quarter, a half, then three
-       quarters of the layers checkpointed: each recomputes only what it must.
-    3. Every layer checkpointed, the candidates largest first.
-    """
-    layers = len(modeling.decoder_layers(model))
-    if checkpointing is not True:
-        for micro_batch in candidates:
-            if fits(model, rows, micro_batch, device):
-                return micro_batch, 0
-    if checkpointing == "auto":
-        for checkpointed in modeling.partial_checkpointing(layers):
-            modeling.checkpoint_layers(model, checkpointed)
-            if fits(model, rows, candidates[-1], device):
-                return candidates[-1], checkpointed
-    if checkpointing is not False:
-        modeling.checkpoint_layers(model, layers)
-        for micro_batch in candidates:
-            if fits(model, rows, micro_batch, device):
-                return micro_batch, layers
-    smallest = "one row" if candidates[-1] == 1 else f"train.micro_batch={candidates[-1]} rows"
-    raise ConfigError(
-        f"not even {smallest} of data.max_length={rows['input_ids'].shape[1]} tokens fits in GPU memory"
-        f"{'' if checkpointing is not False else ' without gradient checkpointing'}: lower "
-        f"{'train.micro_batch or ' if candidates[-1] > 1 else ''}data.max_length"
-        f"{', set train.gradient_checkpointing=auto' if checkpointing is False else ''}, or use model.method=qlora"
-    )
-
-
-def agree_on_micro_batch(micro_batch: int, checkpointed: int, model, device) -> tuple[int, int]:
-    """Every process must split the batch the same way (else the gradient all-reduces of
-    DDP would not pair up and the job would hang): the smallest micro-batch, with the most
-    checkpointed layers any process needed."""
-    import torch.distributed as dist
-
-    choice = torch.tensor([-micro_batch, checkpointed], device=device)
-    dist.all_reduce(choice, op=dist.ReduceOp.MAX)
-    if int(choice[1]) != checkpointed:
-        modeling.checkpoint_layers(model, int(choice[1]))
-    return int(-choice[0]), int(choice[1])
 
 
 def machine_price(params, device: torch.device, world: int) -> tuple[float | None, str]:
@@ -253,6 +155,8 @@ class Session:
     micro_batch: int
     accumulation: int
     checkpointed_layers: int  # gradient checkpointing on this many decoder layers (0: none)
+    offloaded: bool  # the checkpointed layers' inputs wait in host RAM (offload.py)
+    loss: str  # chunked (loss.py) | fused (Liger) | transformers
     sharded: bool  # FSDP: every process holds a shard of the weights
     liger: bool
     compiled: bool  # torch.compile'd decoder layers
@@ -316,7 +220,11 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
         base = modeling.load_base_model(params, device, to_device=not sharded)
     if params.model.attn_implementation == attention.VARLEN:
         attention.use_varlen(base, device, dtype)
+    elif attention.for_long_rows(base, params.model.attn_implementation, params.data.max_length, device):
+        attention.use_varlen(base, device, dtype, why=f"data.max_length={params.data.max_length} is too long for a T x T mask "
+                             f"and neither flash-attn nor flex attention is loaded, so {attention.VARLEN} is needed: ")
     liger = modeling.apply_liger_kernels(base, cfg.liger_kernels, device)
+    loss_kind = "fused" if liger else "chunked" if cfg.chunked_loss and loss.use_chunked_loss(base) else "transformers"
     n_matmul = perf.matmul_parameters(base)
     model = modeling.add_adapter(base, params)
     trainable, total = modeling.count_parameters(model)
@@ -326,9 +234,10 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
         summary = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())
         mean_context = summary["train"]["mean_context"]
     per_process = cfg.global_batch // accelerator.num_processes
-    micro_batch, checkpointed = choose_micro_batch(model, rows, params, per_process, device, sharded)
+    fit = choose_micro_batch(model, rows, params, per_process, device, sharded)
     if accelerator.num_processes > 1 and "auto" in (cfg.micro_batch, cfg.gradient_checkpointing):
-        micro_batch, checkpointed = agree_on_micro_batch(micro_batch, checkpointed, model, device)
+        fit = agree_on_micro_batch(fit, model, device)
+    micro_batch, checkpointed = fit.micro_batch, fit.checkpointed
 
     trainable_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg.optimizer, trainable_params, cfg.learning_rate, cfg.weight_decay, device)
@@ -342,7 +251,7 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
     return Session(
         params=params, accelerator=accelerator, model=model, base_config=config, tokenizer=tokenizer,
         optimizer=optimizer, scheduler=scheduler, rows=rows, micro_batch=micro_batch,
-        accumulation=per_process // micro_batch, checkpointed_layers=checkpointed, sharded=sharded, liger=liger, compiled=cfg.compile, dtype=dtype,
+        accumulation=per_process // micro_batch, checkpointed_layers=checkpointed, offloaded=fit.offloaded, loss=loss_kind, sharded=sharded, liger=liger, compiled=cfg.compile, dtype=dtype,
         token_flops=perf.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, mean_context or 0.0),
         trainable=trainable, total=total, summary=summary,
     )
@@ -460,13 +369,14 @@ def train(params, resume: str = "auto", log=print) -> Path:
             "trainable_parameters": s.trainable, "total_parameters": s.total, "processes": world,
             "resolved.micro_batch": s.micro_batch, "resolved.accumulation": s.accumulation,
             "resolved.checkpointed_layers": s.checkpointed_layers, "resolved.liger_kernels": s.liger,
+            "resolved.offload_activations": s.offloaded, "resolved.loss": s.loss,
             "resolved.compile": s.compiled,
             "resolved.dtype": str(s.dtype).removeprefix("torch."), "flops_per_token": int(s.token_flops),
         })
     log(
         f"training {s.trainable:,} of {s.total:,} parameters ({params.model.method}) on {world}x {device.type}{' (FSDP)' if s.sharded else ''}; "
         f"{n_rows} rows, global batch {cfg.global_batch} = {s.micro_batch} x {s.accumulation} accumulation x {world} processes"
-        f"{f', gradient checkpointing on {s.checkpointed_layers} of {s.base_config.num_hidden_layers} layers' if s.checkpointed_layers else ''}{', Liger kernels' if s.liger else ''}{', compiled layers' if s.compiled else ''}"
+        f"{f', gradient checkpointing on {s.checkpointed_layers} of {s.base_config.num_hidden_layers} layers' if s.checkpointed_layers else ''}{', their inputs in host RAM' if s.offloaded else ''}, {s.loss} loss{', Liger kernels' if s.liger else ''}{', compiled layers' if s.compiled else ''}"
     )
 
     def save_checkpoint(step: int) -> dict[str, torch.Tensor]:
