@@ -49,6 +49,8 @@ def smoke_overrides(params: Params) -> list[str]:
         "train.warmup_steps=3",
         "train.log_every_steps=10",
         "train.output_dir=outputs/smoke",
+        "eval.generations=8",
+        "eval.max_new_tokens=24",
         "checkpoint.dir=checkpoints/smoke",
         f"tracking.experiment={params.tracking.experiment}-smoke",
     ]
