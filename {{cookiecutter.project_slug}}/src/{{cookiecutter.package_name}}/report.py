@@ -306,6 +306,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
+def cost_axis(costs: list[float]) -> tuple[float, float]:
+    """Costs are never negative; with every run at $0 (own GPU, no price) matplotlib would centre 0."""
+    return 0.0, (max(costs, default=0.0) * 1.1) or 1.0
+
+
 def write_plots(client, report: dict, out_dir: Path) -> list[Path]:
     """loss_curves.png (overlaid) and cost_vs_eval_loss.png (Pareto front marked)."""
     import matplotlib
@@ -334,8 +339,7 @@ def write_plots(client, report: dict, out_dir: Path) -> list[Path]:
         axes.annotate(label(row), (x, y), fontsize=7)
     front = pareto_front(points)
     axes.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", label="Pareto front")
-    # Costs are never negative; with every run at $0 (own GPU, no price) matplotlib would centre 0.
-    axes.set_xlim(left=0, right=max([p[0] for p in points] + [0]) * 1.1 or 1.0)
+    axes.set_xlim(*cost_axis([p[0] for p in points]))
     axes.set(xlabel="cost (USD)", ylabel="eval loss", title="Cost vs quality")
     axes.legend(fontsize=7)
     figure.tight_layout()
