@@ -132,7 +132,7 @@ def cmd_tiny_model(args) -> None:
 COMMANDS = {
     "prepare": (cmd_prepare, "validate, tokenize and pack the dataset (DVC stage 'prepare')"),
     "train": (cmd_train, "train the adapter, logging to MLflow (DVC stage 'train')"),
-    "evaluate": (cmd_evaluate, "validation loss and perplexity -> metrics.json (DVC stage 'evaluate')"),
+    "evaluate": (cmd_evaluate, "loss, token accuracy and scored answers, compared with main's run -> metrics.json (DVC stage 'evaluate')"),
     "merge": (cmd_merge, "merge the adapter into the base model (16-bit) -> a standard model directory"),
     "smoke": (cmd_smoke, "prepare + train + evaluate on the tiny model, on CPU, in about a minute"),
     "tracking-sync": (cmd_tracking_sync, "send MLflow updates kept on disk while the server was unreachable"),

@@ -115,8 +115,11 @@ def delta(value, base) -> str:
 
 
 def quality(row: dict, baseline: dict | None, table: dict | None, base_table: dict | None) -> tuple[dict, str]:
-    """The run's quality against the baseline: paired when both have per-example scores."""
-    if baseline is None:
+    """The run's quality against the baseline: paired when both have per-example scores.
+
+    Only for runs that have them (evaluated by this version): for older runs the table's
+    eval loss column is all there is."""
+    if baseline is None or table is None:
         return {}, ""
     if table is not None and base_table is not None:
         result = compare.compare(table, base_table)
@@ -135,8 +138,7 @@ def quality(row: dict, baseline: dict | None, table: dict | None, base_table: di
         if isinstance(row.get(name), (int, float)) and isinstance(baseline.get(name), (int, float)):
             scores[name] = {"value": row[name], "baseline": baseline[name], "delta": row[name] - baseline[name],
                             "ci95": None, "verdict": None, "examples": None, "paired": False}
-    missing = "this run" if table is None else "the baseline"
-    return scores, f"{missing} has no per-example scores (evaluated by an older version): means compared only" if scores else ""
+    return scores, "the baseline has no per-example scores (evaluated by an older version): means compared only" if scores else ""
 
 
 def build_report(rows: list[dict], baseline: dict | None, tables: dict[str, dict] | None = None) -> dict:

@@ -1,6 +1,10 @@
 """The `evaluate` stage, one job per module:
-  answers   loss on the validation rows, greedy answers to the held-out prompts
-  stage     the stage itself: run both, write metrics.json, log to the training run
+  answers   loss and token accuracy per validation example; greedy answers to held-out prompts
+  metrics   exact match, chrF, ROUGE-L and the user's own `module:function`
+  compare   paired comparison with a baseline run: delta, bootstrap 95% interval, verdict
+  judge     optional pairwise judge through an OpenAI-compatible endpoint
+  harness   optional lm-evaluation-harness tasks
+  stage     the stage itself: all of the above, metrics.json and eval_examples.json, MLflow
 """
 
 
