@@ -79,7 +79,7 @@ def test_dvc_repro_and_exp_run(tmp_path_factory, installed):
     settings = [
         f"model.base={tiny}", "model.method=lora", "compute.device=cpu", "data.max_length=512",
         "train.max_steps=6", "train.micro_batch=4", "train.global_batch=8", "train.log_every_steps=2",
-        f"tracking.uri=sqlite:///{project / 'mlflow.db'}",
+        "eval.generations=4", "eval.max_new_tokens=16", f"tracking.uri=sqlite:///{project / 'mlflow.db'}",
     ]
     run("dvc", "exp", "run", *[arg for s in settings for arg in ("-S", s)], cwd=project)
     metrics = json.loads((project / "outputs/metrics.json").read_text())

@@ -67,10 +67,12 @@ def test_two_runs_with_different_params_carry_every_field(prepared, mlflow_serve
         losses = client.get_metric_history(run.info.run_id, "loss")
         assert [m.step for m in losses] == list(range(1, STEPS + 1))
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"metrics.json", "loss.png", "generations.jsonl", "generations.json", "adapter_config.json"} <= artifacts
+        assert {"metrics.json", "loss.png", "generations.jsonl", "generations.json", "eval_examples.json",
+                "adapter_config.json"} <= artifacts
         local = client.download_artifacts(run.info.run_id, "generations.json", str(tmp / f"dl-{rank}"))
         table = json.load(open(local))
-        assert table["columns"] == ["reference", "generated", "prompt"] and len(table["data"]) == params.eval.generations
+        assert table["columns"] == ["reference", "generated", "prompt", *params.eval.metrics]
+        assert len(table["data"]) == params.eval.generations
         assert json.loads(open(client.download_artifacts(run.info.run_id, "metrics.json", str(tmp / f"m-{rank}"))).read())["eval_loss"] \
             == pytest.approx(run.data.metrics["eval_loss"])
     if (PROJECT / "data/raw/support.jsonl.dvc").is_file():  # the baked project: a DVC-tracked dataset

@@ -465,7 +465,7 @@ def test_cancel_without_a_launch_does_nothing(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def compared_runs(mlflow_server) -> str:
+def compared_runs(mlflow_server, tmp_path_factory) -> str:
     """main's baseline and one run of PR 12, logged through MlflowClient; the experiment's name."""
     from mlflow import MlflowClient
 
@@ -479,12 +479,20 @@ def compared_runs(mlflow_server) -> str:
                            "spot": "true", "recoveries": "1"},
          {"eval_loss": 1.5, "perplexity": 4.482, "tokens_per_second": 1200.0, "cost_usd": 1.5, "gpu_hours": 0.75}),
     ]
+    # Per-example scores as `evaluate` saves them: the PR's answers are exact where main's are not.
+    exact = {"main@aaaaaaa": [0.0] * 12 + [1.0] * 4, "pr-12@bbbbbbb": [1.0] * 16}
     for name, tags, metrics in runs:
         run = client.create_run(experiment_id, run_name=name, tags=tags)
         for step in range(3):
             client.log_metric(run.info.run_id, "loss", metrics["eval_loss"] + 1 - step * 0.3, step=step)
         for key, value in metrics.items():
             client.log_metric(run.info.run_id, key, value)
+        answers = [{"id": f"p{i}", "prompt": f"question {i}", "reference": f"answer {i}",
+                    "answer": f"answer {i}" if e else "no idea", "scores": {"exact_match": e}} for i, e in enumerate(exact[name])]
+        table = tmp_path_factory.mktemp("examples") / "eval_examples.json"
+        table.write_text(json.dumps({"answers": answers, "losses": []}))
+        client.log_artifact(run.info.run_id, str(table))
+        client.log_metric(run.info.run_id, "eval_examples", len(answers))
         client.set_terminated(run.info.run_id, "FINISHED")
     return experiment
 
@@ -505,10 +513,16 @@ def test_comment_body_compares_the_pr_with_main_from_a_real_mlflow_server(tmp_pa
     baseline = next(line for line in body.splitlines() if line.startswith("| baseline `main@aaaaaaa`"))
     assert "2.0000" in baseline and "$1.00" in baseline
     row = next(line for line in body.splitlines() if line.startswith("| `pr-12@bbbbbbb`"))
-    assert "1.5000 (✅ -0.5 (-25.0%))" in row  # eval loss: lower is better
+    assert "1.5000 (-0.5 (-25.0%))" in row  # eval loss: its verdict comes from the quality block
     assert "$1.50 (⚠️ +0.5 (+50.0%))" in row  # cost: higher is worse
     assert "1,200 (✅ +200 (+20.0%))" in row  # tokens/s: higher is better
     assert "| gcp |" in row and "| 1 |" in row  # cloud, recoveries
+    # The quality block first: paired on the same held-out prompts, with an interval and a verdict.
+    quality = body.index("### Quality: `pr-12@bbbbbbb (")
+    assert quality < body.index("### Speed and cost") < body.index("<details><summary>Answers side by side")
+    exact = next(line for line in body.splitlines() if line.startswith("| exact_match |"))
+    assert exact.startswith("| exact_match | 100.0% | 25.0% | +75.0 pts [") and exact.endswith("| ✅ better |")
+    assert "| question 0 | answer 0 | no idea | answer 0 |" in body
     assert "[Workflow run](https://github.com/acme/support-bot/actions/runs/4242)." in body
     assert "`training-report` artifact" in body and "commit bbbbbbb" in body
     assert "http" not in body.replace("https://github.com/acme/support-bot/actions/runs/4242", "")  # no image hosts

@@ -5,9 +5,11 @@
 
 The body is a hidden marker (MARKER), a heading, how the run went (--train-result,
 --plan-result, --estimate: given by the workflow), the table of `{{ cookiecutter.package_name }} report --pr N
---format markdown` (eval loss, perplexity, tokens/s, cost, GPU hours, wall time, GPU, cloud,
-spot, recoveries, each with its delta against the newest finished run of main), and a link
-to the workflow run, whose artifacts hold the plots (no image leaves GitHub).
+--format markdown`: the quality block (each metric of the PR's newest run against the newest
+finished run of main on the same held-out examples: delta, bootstrap 95% interval, verdict),
+then speed and cost (eval loss, perplexity, tokens/s, cost, GPU hours, wall time, GPU, cloud,
+spot, recoveries, each with its delta), then a few answers side by side; and a link to the
+workflow run, whose artifacts hold the plots (no image leaves GitHub).
 
 `--post` keeps ONE comment per pull request: it lists the PR's comments through the REST
 API ($GITHUB_API_URL, $GITHUB_REPOSITORY, $GITHUB_TOKEN; urllib, no shell, no gh), updates
@@ -77,8 +79,9 @@ def build_body(args) -> tuple[str, bool]:
     lines.append("")
     if ok:
         lines += [table.stdout.rstrip(), "",
-                  f"Compared with the newest finished run of `{ghactions.cell(args.baseline)}` (the first row): "
-                  "✅ better than the baseline, ⚠️ worse; the change follows in brackets."]
+                  f"Baseline: the newest finished run of `{ghactions.cell(args.baseline)}`. Quality verdicts come from "
+                  "the same held-out examples, paired: better or worse only when the whole 95% interval is on one side "
+                  "of 0. Speed and cost: ✅ better than the baseline, ⚠️ worse; the change follows in brackets."]
     else:
         error = (table.stderr or table.stdout).strip()[-1500:].replace("```", "'''")
         lines += ["**The comparison could not be built:**", "", "```text", error, "```"]

@@ -61,6 +61,8 @@ def smoke_overrides(params: Params) -> list[str]:
         "train.warmup_steps=3",
         "train.log_every_steps=10",
         "train.output_dir=outputs/smoke",
+        "eval.generations=8",
+        "eval.max_new_tokens=24",
         "checkpoint.dir=checkpoints/smoke",
         f"tracking.experiment={params.tracking.experiment}-smoke",
     ]
@@ -147,7 +149,7 @@ def cmd_tiny_model(args) -> None:
 COMMANDS = {
     "prepare": (cmd_prepare, "validate, tokenize and pack the dataset (DVC stage 'prepare')"),
     "train": (cmd_train, "train the adapter, logging to MLflow (DVC stage 'train')"),
-    "evaluate": (cmd_evaluate, "validation loss and perplexity -> metrics.json (DVC stage 'evaluate')"),
+    "evaluate": (cmd_evaluate, "loss, token accuracy and scored answers, compared with main's run -> metrics.json (DVC stage 'evaluate')"),
     "merge": (cmd_merge, "merge the adapter into the base model (16-bit) -> a standard model directory"),
     "smoke": (cmd_smoke, "prepare + train + evaluate on the tiny model, on CPU, in about a minute"),
     "tracking-sync": (cmd_tracking_sync, "send MLflow updates kept on disk while the server was unreachable"),

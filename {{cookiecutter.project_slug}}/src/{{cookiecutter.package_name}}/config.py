@@ -109,9 +109,25 @@ class TrainParams(_Section):
         return self
 
 
+class JudgeParams(_Section):
+    enabled: bool = False  # endpoint, model and key: JUDGE_BASE_URL, JUDGE_MODEL, JUDGE_API_KEY
+    model: str | None = None  # JUDGE_MODEL in the environment wins
+    usd_per_million_input_tokens: float | None = Field(None, ge=0)  # to count the judge's cost
+    usd_per_million_output_tokens: float | None = Field(None, ge=0)
+    max_examples: int = Field(50, gt=0)  # each costs two calls (both orders)
+
+
 class EvalParams(_Section):
-    generations: int = Field(4, ge=0)  # held-out prompts answered by the trained model
+    generations: int = Field(100, ge=0)  # held-out prompts answered by the trained model
     max_new_tokens: int = Field(96, gt=0)
+    batch_size: int = Field(8, gt=0)  # prompts per generate call
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match", "chrf", "rouge_l"])  # or module:function
+    lower_is_better: list[str] = Field(default_factory=list)  # your metrics where smaller is better
+    baseline_branch: str = "main"  # the newest finished run of this branch is the baseline
+    judge: JudgeParams = Field(default_factory=JudgeParams)
+    harness_tasks: list[str] = Field(default_factory=list)  # lm-evaluation-harness tasks (extra `harness`)
+    harness_include: str | None = None  # a folder of your own task YAMLs
+    harness_limit: int | None = Field(None, gt=0)  # examples per task; None = all
 
 
 class CheckpointParams(_Section):

@@ -3,9 +3,17 @@
     {{ cookiecutter.package_name }} report                       last 10 runs, terminal table
     {{ cookiecutter.package_name }} report --pr 12 --format markdown   the PR comment body
     {{ cookiecutter.package_name }} report --format json --plots out/    JSON + PNG plots
+    {{ cookiecutter.package_name }} report --smoke                       the runs of `make smoke`
+
+First the quality of the newest run against the baseline, example by example (eval loss,
+token accuracy, the answer metrics, the judge's win rate): this run, baseline, delta with a
+bootstrap 95% interval, and a verdict (better / worse / within noise; see evaluate/compare.py);
+then speed and cost of every run; then a few answers side by side. JSON carries the quality of
+every run shown as `quality: {metric: {value, baseline, delta, ci95, verdict}}`.
 
 Runs come from one `search_runs` query (paged, so it stays fast with thousands of runs);
-only plots fetch per-run metric histories, for the runs shown.
+per-run downloads (the per-example scores of the newest QUALITY_RUNS runs that have them, and
+metric histories for plots) are made for the runs shown only.
 """
 
 from __future__ import annotations
@@ -13,7 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+import tempfile
 from pathlib import Path
+
+from .evaluate import compare
+
+QUALITY_RUNS = 10  # per-example scores are downloaded for at most this many runs
+ANSWERS_SHOWN = 3
+# Means logged by `evaluate`: compared means-only when a run has no per-example scores.
+QUALITY_METRICS = ("eval_loss", "token_accuracy", "exact_match", "chrf", "rouge_l")
+# Columns whose sign alone gets a ✅ / ⚠️: speed and cost. Quality gets its verdict from the
+# paired comparison instead (a seed alone moves eval loss by more than many real changes).
+MARKED = {"tokens_per_second", "cost_usd", "gpu_hours", "wall_minutes"}
 
 # (column, where it comes from, format, lower is better?)
 COLUMNS = [
@@ -35,6 +55,7 @@ def run_row(run) -> dict:
     row = {
         "run_id": run.info.run_id,
         "run_name": run.info.run_name or run.info.run_id[:8],
+        "id": run.info.run_id[:8],  # two runs of one commit share a name
         "status": run.info.status,
         "branch": run.data.tags.get("git_branch", ""),
         "pr": run.data.tags.get("pr", ""),
@@ -46,6 +67,9 @@ def run_row(run) -> dict:
             row[name] = run.data.metrics.get(name)
         elif source == "tag":
             row[name] = run.data.tags.get(name, "")
+    for name in (*QUALITY_METRICS, "eval_examples", "judge_win_rate", "judge_cost_usd"):
+        if name in run.data.metrics:
+            row.setdefault(name, run.data.metrics[name])
     end = run.info.end_time or run.info.start_time
     row["wall_minutes"] = (end - run.info.start_time) / 60000 if run.info.start_time else None
     return row
@@ -66,15 +90,17 @@ def select_runs(client, experiment: str, pr: str | None = None, branch: str | No
     return list(client.search_runs([exp.experiment_id], " and ".join(filters), max_results=last, order_by=["attributes.start_time DESC"]))
 
 
-def find_baseline(client, experiment: str, branch: str = "main"):
-    """The newest finished run of `branch` that has an eval_loss."""
+def find_baseline(client, experiment: str, branch: str = "main", exclude: str | None = None):
+    """The newest finished run of `branch` that has an eval_loss (other than run `exclude`)."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
+    branch = branch.replace("'", "")
     runs = client.search_runs(
         [exp.experiment_id], f"tags.git_branch = '{branch}' and attributes.status = 'FINISHED' and metrics.eval_loss > -1",
-        max_results=1, order_by=["attributes.start_time DESC"],
+        max_results=2, order_by=["attributes.start_time DESC"],
     )
+    runs = [run for run in runs if run.info.run_id != exclude]
     return runs[0] if runs else None
 
 
@@ -82,14 +108,124 @@ def delta(value, base) -> str:
     if value is None or base is None or not isinstance(value, (int, float)) or not isinstance(base, (int, float)):
         return ""
     diff = value - base
+    if diff == 0:
+        return "±0"
     pct = f" ({format(diff / base, '+.1%')})" if base else ""
     return f"{diff:+.4g}{pct}"
 
 
-def build_report(rows: list[dict], baseline: dict | None) -> dict:
+def quality(row: dict, baseline: dict | None, table: dict | None, base_table: dict | None) -> tuple[dict, str]:
+    """The run's quality against the baseline: paired when both have per-example scores.
+
+    Only for runs that have them (evaluated by this version): for older runs the table's
+    eval loss column is all there is."""
+    if baseline is None or table is None:
+        return {}, ""
+    if table is not None and base_table is not None:
+        result = compare.compare(table, base_table)
+        scores, note = result["quality"], result["note"]
+        judge = table.get("judge")
+        if judge and judge.get("baseline_run") == baseline["run_id"]:
+            scores["judge_win_rate"] = {
+                "value": judge["win_rate"], "baseline": 0.5, "delta": judge["win_rate"] - 0.5,
+                "ci95": [judge["ci95"][0] - 0.5, judge["ci95"][1] - 0.5] if judge["ci95"] else None,
+                "verdict": judge["verdict"], "examples": judge["examples"], "paired": True,
+                "cost_usd": judge["cost_usd"],
+            }
+        return scores, note
+    scores = {}
+    for name in QUALITY_METRICS:
+        if isinstance(row.get(name), (int, float)) and isinstance(baseline.get(name), (int, float)):
+            scores[name] = {"value": row[name], "baseline": baseline[name], "delta": row[name] - baseline[name],
+                            "ci95": None, "verdict": None, "examples": None, "paired": False}
+    return scores, "the baseline has no per-example scores (evaluated by an older version): means compared only" if scores else ""
+
+
+def build_report(rows: list[dict], baseline: dict | None, tables: dict[str, dict] | None = None) -> dict:
+    tables = tables or {}
+    base_table = tables.get(baseline["run_id"]) if baseline else None
     for row in rows:
         row["delta"] = {name: delta(row.get(name), baseline.get(name)) for name, src, _, _ in COLUMNS if src != "tag"} if baseline else {}
+        row["quality"], row["quality_note"] = quality(row, baseline, tables.get(row["run_id"]), base_table)
+        if row["run_id"] in tables:
+            row["answers"] = compare.side_by_side(tables[row["run_id"]], base_table, ANSWERS_SHOWN)
     return {"baseline": baseline, "runs": rows}
+
+
+def fetch_tables(client, rows: list[dict]) -> dict[str, dict]:
+    """Per-example scores of the runs that have them (the newest QUALITY_RUNS of them)."""
+    tables = {}
+    wanted = [row for row in rows if row and row.get("eval_examples")][:QUALITY_RUNS]
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in wanted:
+            table = compare.download_examples(client, row["run_id"], Path(tmp) / row["run_id"])
+            if table is not None:
+                tables[row["run_id"]] = table
+    return tables
+
+
+def label(row: dict) -> str:
+    return f"{row['run_name']} ({row['id']})"
+
+
+def _number(value, name: str) -> str:
+    if value is None:
+        return "-"
+    if name in ("token_accuracy", "exact_match", "judge_win_rate"):
+        return f"{value:.1%}"
+    return f"{value:.4g}"
+
+
+def _delta(q: dict, name: str) -> str:
+    percent = name in ("token_accuracy", "exact_match", "judge_win_rate")
+    show = (lambda v: f"{v * 100:+.1f} pts") if percent else (lambda v: f"{v:+.4g}")
+    text = show(q["delta"])
+    if q["ci95"]:
+        text += f" [{show(q['ci95'][0])}, {show(q['ci95'][1])}]"
+    return text
+
+
+VERDICT_MARK = {compare.BETTER: "✅ better", compare.WORSE: "⚠️ worse", compare.NOISE: "➖ within noise", None: "means only"}
+
+
+def quality_markdown(row: dict, baseline: dict) -> list[str]:
+    if not row.get("quality"):
+        return []
+    lines = [f"### Quality: `{label(row)}` against `{label(baseline)}`", "",
+             "| metric | this run | baseline | delta [95% interval] | verdict |", "|---|---|---|---|---|"]
+    for name, q in row["quality"].items():
+        lines.append(f"| {name} | {_number(q['value'], name)} | {_number(q['baseline'], name)} | {_delta(q, name)} "
+                     f"| {VERDICT_MARK[q['verdict']]} |")
+    paired = [q["examples"] for q in row["quality"].values() if q["paired"]]
+    lines.append("")
+    if paired:
+        lines.append(f"Paired on the same held-out examples ({min(paired)}-{max(paired)} per metric): "
+                     "the interval is a bootstrap of the paired differences; a verdict needs all of it on one side of 0.")
+    if row.get("quality_note"):
+        lines.append(f"**Note:** {row['quality_note']}.")
+    judge = row["quality"].get("judge_win_rate")
+    if judge:
+        lines.append(f"Judge: both answer orders asked, {judge['examples']} prompts, ${judge['cost_usd']:.4f}.")
+    return lines + [""]
+
+
+def _md_text(text, limit: int = 600) -> str:
+    if isinstance(text, list):  # chat messages: the last user turn is the question
+        text = next((m["content"] for m in reversed(text) if m.get("role") == "user"), "")
+    text = str(text if text is not None else "-")
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", "<br>")
+
+
+def answers_markdown(row: dict) -> list[str]:
+    if not row.get("answers"):
+        return []
+    lines = [f"<details><summary>Answers side by side: the first {len(row['answers'])} held-out prompts</summary>", "",
+             "| prompt | this run | baseline | reference |", "|---|---|---|---|"]
+    for answer in row["answers"]:
+        cells = [_md_text(answer[key]) for key in ("prompt", "answer", "baseline", "reference")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", "</details>", ""]
 
 
 def _cell(row: dict, name: str, fmt: str) -> str:
@@ -103,37 +239,60 @@ def _cell(row: dict, name: str, fmt: str) -> str:
 
 
 def to_markdown(report: dict) -> str:
+    baseline, runs = report["baseline"], report["runs"]
+    lines = quality_markdown(runs[0], baseline) if runs and baseline else []
     names = [c[0] for c in COLUMNS]
-    lines = ["| run | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
-    baseline = report["baseline"]
+    if lines:
+        lines += ["### Speed and cost", ""]
+    lines += ["| run | id | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
     if baseline:
-        lines.append(f"| baseline `{baseline['run_name']}` | " + " | ".join(_cell(baseline, n, f) for n, _, f, _ in COLUMNS) + " |")
-    for row in report["runs"]:
+        lines.append(f"| baseline `{baseline['run_name']}` | {baseline['id']} | "
+                     + " | ".join(_cell(baseline, n, f) for n, _, f, _ in COLUMNS) + " |")
+    for row in runs:
         cells = []
         for name, _source, fmt, lower_better in COLUMNS:
             cell = _cell(row, name, fmt)
             change = row["delta"].get(name)
             if change and lower_better is not None:
-                better = (change.startswith("-")) == lower_better
-                cell += f" ({'✅' if better else '⚠️'} {change})"
+                if name in MARKED and change != "±0":
+                    better = change.startswith("-") == lower_better
+                    change = f"{'✅' if better else '⚠️'} {change}"
+                cell += f" ({change})"
             cells.append(cell)
-        lines.append(f"| `{row['run_name']}` | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| `{row['run_name']}` | {row['id']} | " + " | ".join(cells) + " |")
+    if runs:
+        lines += [""] + answers_markdown(runs[0])
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def quality_text(row: dict, baseline: dict) -> str:
+    if not row.get("quality"):
+        return ""
+    lines = [f"quality of {label(row)} against {label(baseline)}:"]
+    for name, q in row["quality"].items():
+        lines.append(f"  {name:<16} {_number(q['value'], name):>10} vs {_number(q['baseline'], name):>10}  "
+                     f"{_delta(q, name):<32} {VERDICT_MARK[q['verdict']]}")
+    if row.get("quality_note"):
+        lines.append(f"  note: {row['quality_note']}")
+    return "\n".join(lines) + "\n\n"
 
 
 def to_table(report: dict) -> str:
-    names = ["run"] + [c[0] for c in COLUMNS]
+    names = ["run", "id"] + [c[0] for c in COLUMNS]
     rows = []
     if report["baseline"]:
-        rows.append(["(baseline) " + report["baseline"]["run_name"]] + [_cell(report["baseline"], n, f) for n, _, f, _ in COLUMNS])
+        rows.append(["(baseline) " + report["baseline"]["run_name"], report["baseline"]["id"]]
+                    + [_cell(report["baseline"], n, f) for n, _, f, _ in COLUMNS])
     for row in report["runs"]:
-        rows.append([row["run_name"]] + [_cell(row, n, f) + (f" {row['delta'][n]}" if row["delta"].get(n) else "") for n, _, f, _ in COLUMNS])
+        rows.append([row["run_name"], row["id"]]
+                    + [_cell(row, n, f) + (f" {row['delta'][n]}" if row["delta"].get(n) else "") for n, _, f, _ in COLUMNS])
     widths = [max(len(str(x)) for x in column) for column in zip(names, *rows, strict=True)]
 
     def render(cells):
         return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
 
-    return "\n".join([render(names), render(["-" * w for w in widths]), *map(render, rows)]) + "\n"
+    top = quality_text(report["runs"][0], report["baseline"]) if report["runs"] and report["baseline"] else ""
+    return top + "\n".join([render(names), render(["-" * w for w in widths]), *map(render, rows)]) + "\n"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -149,6 +308,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
+def cost_axis(costs: list[float]) -> tuple[float, float]:
+    """Costs are never negative; with every run at $0 (own GPU, no price) matplotlib would centre 0."""
+    return 0.0, (max(costs, default=0.0) * 1.1) or 1.0
+
+
 def write_plots(client, report: dict, out_dir: Path) -> list[Path]:
     """loss_curves.png (overlaid) and cost_vs_eval_loss.png (Pareto front marked)."""
     import matplotlib
@@ -161,7 +325,7 @@ def write_plots(client, report: dict, out_dir: Path) -> list[Path]:
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
     for row in rows:
         history = sorted(client.get_metric_history(row["run_id"], "loss"), key=lambda m: m.step)
-        axes.plot([m.step for m in history], [m.value for m in history], label=row["run_name"])
+        axes.plot([m.step for m in history], [m.value for m in history], label=label(row))
     axes.set(xlabel="step", ylabel="training loss", title="Loss curves")
     axes.legend(fontsize=7)
     figure.tight_layout()
@@ -174,9 +338,10 @@ def write_plots(client, report: dict, out_dir: Path) -> list[Path]:
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
     axes.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue")
     for row, (x, y) in zip(scored, points, strict=True):
-        axes.annotate(row["run_name"], (x, y), fontsize=7)
+        axes.annotate(label(row), (x, y), fontsize=7)
     front = pareto_front(points)
     axes.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red", label="Pareto front")
+    axes.set_xlim(*cost_axis([p[0] for p in points]))
     axes.set(xlabel="cost (USD)", ylabel="eval loss", title="Cost vs quality")
     axes.legend(fontsize=7)
     figure.tight_layout()
@@ -199,6 +364,7 @@ def register(commands) -> None:
     sub.add_argument("--format", choices=["table", "markdown", "json"], default="table")
     sub.add_argument("--plots", type=Path, help="also write PNG plots into this folder")
     sub.add_argument("--sweep", metavar="ID", help="the variants of this sweep: quality, cost, Pareto front, best params")
+    sub.add_argument("--smoke", action="store_true", help="the runs of `make smoke` (experiment <name>-smoke)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -210,16 +376,20 @@ def run(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.set)
     client = MlflowClient(tracking_uri(params))
     experiment = args.experiment or params.tracking.experiment
+    if args.smoke:
+        experiment += "-smoke"  # where smoke runs log (cli.smoke_overrides)
     if getattr(args, "sweep", None):
         return sweep_report(client, experiment, args.sweep, args.format)
     runs = select_runs(client, experiment, args.pr, args.branch, args.last, args.run_ids)
+    if not runs:
+        print(where_runs_are(client, experiment, args.smoke), file=sys.stderr)
     if len(args.baseline) == 32 and all(c in "0123456789abcdef" for c in args.baseline):
         base_run = client.get_run(args.baseline)
     else:
         base_run = find_baseline(client, experiment, args.baseline)
     baseline = run_row(base_run) if base_run else None
     rows = [run_row(r) for r in runs if not base_run or r.info.run_id != base_run.info.run_id]
-    report = build_report(rows, baseline)
+    report = build_report(rows, baseline, fetch_tables(client, [baseline, *rows] if baseline else rows))
     if args.format == "json":
         print(json.dumps(report, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)))
     elif args.format == "markdown":
@@ -232,6 +402,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def where_runs_are(client, experiment: str, smoke: bool) -> str:
+    """Why no run matched, and where runs are (smoke runs log to their own experiment)."""
+    exists = client.get_experiment_by_name(experiment) is not None
+    message = f"no runs match in experiment '{experiment}'" if exists else f"no experiment '{experiment}' on this server"
+    other = experiment.removesuffix("-smoke") if smoke else f"{experiment}-smoke"
+    if client.get_experiment_by_name(other) is not None:
+        message += f"; runs are in '{other}'" + (" (drop --smoke)" if smoke else ": `make smoke` logs there, add --smoke")
+    return message
 def sweep_report(client, experiment: str, sweep_id: str, fmt: str) -> int:
     """`report --sweep ID`: the sweep's variants ranked, the Pareto front, the `--set` line to adopt."""
     from . import sweep
