@@ -6,7 +6,8 @@ wasted on padding between them.
 
 Packing is planned on the examples' lengths alone (`plan_rows`: a few bytes per example),
 and rows are built from the token arrays only when they are written (`build_rows`, a block
-of rows at a time), so a dataset of any size packs without holding its tokens in memory.
+of rows at a time, reading just their examples), so a dataset of any size packs without
+holding its tokens in memory.
 """
 
 from __future__ import annotations
@@ -105,30 +106,30 @@ def plan_rows(lengths: np.ndarray, max_length: int) -> RowPlan:
     return RowPlan(members, starts.astype(np.int64))
 
 
-def build_rows(plan: RowPlan, first: int, last: int, tokens: dict, offsets: np.ndarray, lengths: np.ndarray,
-               max_length: int, pad_id: int) -> dict[str, np.ndarray]:
-    """Rows first..last-1 of the plan as int32 arrays (COLUMNS), gathered from `tokens`.
+def build_rows(plan: RowPlan, first: int, last: int, read, lengths: np.ndarray, max_length: int,
+               pad_id: int) -> dict[str, np.ndarray]:
+    """Rows first..last-1 of the plan as int32 arrays (COLUMNS).
 
-    `tokens` holds "ids" and "labels", flat arrays (in memory or memory-mapped) in which
-    example i is [offsets[i], offsets[i] + lengths[i]).
+    `read(members)` returns the members' ids and labels, each one flat array of the examples
+    one after the other (in memory: `gather`; on disk: `TokenStore.read`).
     """
     n = last - first
     members = plan.members[plan.starts[first] : plan.starts[last]]
     sizes = lengths[members].astype(np.int64)
     row_of = np.repeat(np.arange(n), np.diff(plan.starts[first : last + 1]))
-    # Where each member starts in the flat run of gathered tokens, and within its row.
+    # Where each member starts in the flat run of its tokens, and within its row.
     run_start = np.cumsum(sizes) - sizes
     first_member = np.searchsorted(row_of, np.arange(n))  # a row's members are one contiguous run
     in_row = run_start - run_start[first_member[row_of]]
     total = int(sizes.sum())
     within = np.arange(total) - np.repeat(run_start, sizes)  # position inside its example
-    source = np.repeat(offsets[members].astype(np.int64), sizes) + within
     target = np.repeat(row_of * max_length + in_row, sizes) + within
+    member_ids, member_labels = read(members)
 
     input_ids = np.full(n * max_length, pad_id, dtype=np.int32)
     labels = np.full(n * max_length, IGNORE, dtype=np.int32)
-    input_ids[target] = tokens["ids"][source]
-    labels[target] = tokens["labels"][source]
+    input_ids[target] = member_ids
+    labels[target] = member_labels
     # The first token of an example has no context inside it: never predict it from the
     # end of the previous example.
     labels[target[within == 0]] = IGNORE
@@ -142,6 +143,17 @@ def build_rows(plan: RowPlan, first: int, last: int, tokens: dict, offsets: np.n
         "position_ids": position_ids.reshape(n, max_length),
         "real_tokens": real_tokens,
     }
+
+
+def gather(tokens: dict, offsets: np.ndarray, lengths: np.ndarray):
+    """`read` for build_rows from flat in-memory arrays, example i at [offsets[i], offsets[i] + lengths[i])."""
+
+    def read(members):
+        sizes = lengths[members].astype(np.int64)
+        source = np.repeat(offsets[members].astype(np.int64) - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
+        return tokens["ids"][source], tokens["labels"][source]
+
+    return read
 
 
 def packing_stats(lengths: np.ndarray, trained: np.ndarray, rows: int, max_length: int) -> dict:
@@ -180,7 +192,7 @@ def pack(examples: list[tuple[list[int], list[int]]], max_length: int, pad_id: i
         "labels": np.array([t for _, labels in examples for t in labels], dtype=np.int32),
     }
     plan = plan_rows(lengths, max_length)
-    rows = build_rows(plan, 0, plan.rows, tokens, offsets, lengths, max_length, pad_id)
+    rows = build_rows(plan, 0, plan.rows, gather(tokens, offsets, lengths), lengths, max_length, pad_id)
     trained = [sum(label != IGNORE for label in labels[1:]) for _, labels in examples]
     stats = packing_stats(lengths, trained, plan.rows, max_length)
     return Packed(*(torch.from_numpy(rows[key]) for key in COLUMNS), stats=stats)

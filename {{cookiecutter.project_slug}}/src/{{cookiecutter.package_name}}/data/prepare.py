@@ -280,13 +280,15 @@ def _write_split(folder: Path, store: TokenStore, offsets, lengths, trained, max
     plan = plan_rows(lengths, max_length)
     writer = RowWriter(folder, plan.rows, max_length)
     block = max(1, BLOCK_TOKENS // max_length)
+
+    def read(members):
+        return store.read(offsets[members], lengths[members])
+
     with tqdm(total=plan.rows, desc=f"write {folder.name} rows", unit=" rows", file=sys.stderr,
               mininterval=_refresh()) as bar:
         for first in range(0, plan.rows, block):
             last = min(plan.rows, first + block)
-            tokens = store.open()  # mapped for one block only: its pages count as this process's memory
-            writer.write(build_rows(plan, first, last, tokens, offsets, lengths, max_length, pad_id))
-            del tokens
+            writer.write(build_rows(plan, first, last, read, lengths, max_length, pad_id))
             bar.update(last - first)
     writer.close()
     return packing_stats(lengths, trained, plan.rows, max_length)

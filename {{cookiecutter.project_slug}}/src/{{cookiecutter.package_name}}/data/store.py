@@ -2,7 +2,7 @@
 
 `prepare` streams every tokenized example into a `TokenStore` (two flat int32 files, ids and
 labels, appended chunk by chunk), packs from the lengths alone, then writes each split's rows
-with a `RowWriter` a block at a time. `load_rows` maps them back as torch tensors: the
+with a `RowWriter` a block at a time, reading just that block's examples back. `load_rows` maps them back as torch tensors: the
 operating system reads the rows a batch touches, so a prepared set larger than RAM trains.
 
 A prepared folder holds, per split (train/, val/), int32 `.npy` files:
@@ -12,6 +12,7 @@ A prepared folder holds, per split (train/, val/), int32 `.npy` files:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +53,21 @@ class TokenStore:
             (self.folder / f"{name}.bin").unlink()
         self.folder.rmdir()
 
-    def open(self) -> dict[str, np.ndarray]:
-        """The tokens, memory-mapped read-only. Drop the mapping (del) after a block of rows:
-        pages stay counted in this process's memory for as long as they are mapped."""
-        if not self.tokens:
-            return {"ids": np.zeros(0, np.int32), "labels": np.zeros(0, np.int32)}
-        return {name: np.memmap(self.folder / f"{name}.bin", dtype=np.int32, mode="r") for name in ("ids", "labels")}
+    def read(self, offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and labels of the examples at `offsets` (of `lengths`), one after the other.
+
+        Read with pread, not through a memory map: the examples of a block of rows lie all
+        over the file, and a mapping would pull neighbouring pages into this process's memory.
+        """
+        out = {}
+        for name in ("ids", "labels"):
+            fd = os.open(self.folder / f"{name}.bin", os.O_RDONLY)
+            try:
+                parts = [os.pread(fd, 4 * int(n), 4 * int(at)) for at, n in zip(offsets.tolist(), lengths.tolist(), strict=True)]
+            finally:
+                os.close(fd)
+            out[name] = np.frombuffer(b"".join(parts), dtype=np.int32)
+        return out["ids"], out["labels"]
 
 
 class RowWriter:
