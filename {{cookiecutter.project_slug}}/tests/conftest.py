@@ -136,6 +136,7 @@ class MlflowServer:
                         return self
             except OSError:
                 time.sleep(0.1)
+        self.stop()  # do not leave a late starter running after the tests
         raise RuntimeError("mlflow server did not become healthy")
 
     def stop(self) -> None:
