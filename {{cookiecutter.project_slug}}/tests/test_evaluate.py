@@ -267,7 +267,9 @@ TASK_ROWS = [
 def local_task(tmp_path_factory):
     """A multiple-choice task in lm-eval's YAML format over a local JSONL file: no download."""
     root = tmp_path_factory.mktemp("harness")
-    (root / "support_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TASK_ROWS))
+    # Fields named directly (lm-eval reads a field whose name is given), so no Jinja is needed.
+    rows = [{**r, "prompt": f"Question: {r['question']}\nAnswer:"} for r in TASK_ROWS]
+    (root / "support_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "tasks").mkdir()
     (root / "tasks/support_mc.yaml").write_text(
         "task: support_mc\n"
@@ -275,9 +277,9 @@ def local_task(tmp_path_factory):
         f"dataset_kwargs:\n  data_files:\n    test: {root / 'support_mc.jsonl'}\n"
         "test_split: test\n"
         "output_type: multiple_choice\n"
-        'doc_to_text: "Question: {% raw %}{{question}}{% endraw %}\\nAnswer:"\n'
-        'doc_to_choice: "{% raw %}{{choices}}{% endraw %}"\n'
-        'doc_to_target: "{% raw %}{{answer}}{% endraw %}"\n'
+        "doc_to_text: prompt\n"
+        "doc_to_choice: choices\n"
+        "doc_to_target: answer\n"
         "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
     )
     return root / "tasks"

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -233,10 +234,7 @@ def test_normalised_tool_calls_render_through_a_tool_template():
     """The normalised form is what transformers' chat templates take: arguments as a dict."""
     from jinja2 import Environment
 
-    template = Environment().from_string(
-        {% raw %}"{% for m in messages %}{% for c in m.tool_calls or [] %}"
-        "{{ c.function.name }}({{ c.function.arguments.region }}){% endfor %}{% endfor %}"{% endraw %}
-    )
+    template = Environment().from_string((Path(__file__).parent / "chat_templates/tool_call_names.jinja").read_text())
     record = {"messages": [
         {"role": "user", "content": "Is US-West down?"},
         {"role": "assistant", "content": None,
