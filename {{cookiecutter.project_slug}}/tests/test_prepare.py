@@ -21,9 +21,9 @@ import psutil
 import pytest
 import torch
 
-from support_assistant_fine_tune import data, modeling
+from {{ cookiecutter.package_name }} import data, modeling
 
-prepare_stage = importlib.import_module("support_assistant_fine_tune.data.prepare")  # the module, not the function
+prepare_stage = importlib.import_module("{{ cookiecutter.package_name }}.data.prepare")  # the module, not the function
 
 PROJECT = Path(__file__).resolve().parents[1]
 quiet = {"log": lambda *_: None}
@@ -194,7 +194,7 @@ def test_an_interrupted_prepare_leaves_the_previous_output_and_no_process(make_p
     args = [f"--set={key}={value}" for key, value in
             {"model.base": params.model.base, "data.path": big, "data.prepared_dir": params.data.prepared_dir,
              "data.num_proc": 2}.items()]
-    process = subprocess.Popen([sys.executable, "-m", "support_assistant_fine_tune", "prepare", *args],
+    process = subprocess.Popen([sys.executable, "-m", "{{ cookiecutter.package_name }}", "prepare", *args],
                                cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     tokens = None

@@ -8,7 +8,8 @@ conversations (3.29 -> 2.80 when written; the bar is 0.2).
 import torch
 
 from {{ cookiecutter.package_name }} import data
-from {{ cookiecutter.package_name }}.evaluate import evaluate, validation_loss
+from {{ cookiecutter.package_name }}.evaluate import evaluate
+from {{ cookiecutter.package_name }}.evaluate.answers import validation_loss
 from {{ cookiecutter.package_name }}.train import train
 
 from conftest import smoke_params
