@@ -194,7 +194,8 @@ def test_prepare_merge_and_evaluate_outputs_on_a_full_disk(prepared, small_disk,
     assert f"error: cannot write merged/ in {small_disk.path}: {reason}" in result.stderr
     assert not merged.exists() and not list(small_disk.path.glob(".merged-*"))
 
-    # evaluate: metrics.json cannot be written; the one before is kept.
+    # evaluate: its outputs (per-example scores, generations, metrics.json) cannot be written;
+    # the metrics.json before is kept.
     out_dir = small_disk.path / "eval-out"
     if small_disk.mounted:
         (small_disk.path / "filler").unlink()
@@ -209,7 +210,8 @@ def test_prepare_merge_and_evaluate_outputs_on_a_full_disk(prepared, small_disk,
     else:
         result = run("evaluate", *cli_overrides(trained, **{"train.output_dir": out_dir}), preexec_fn=file_size_limit(2))
     assert result.returncode == 74, result.stderr[-3000:]
-    assert f"error: cannot write metrics.json in {out_dir}:" in result.stderr and "Traceback" not in result.stderr
+    written_first = "eval_examples.json"  # evaluate writes the per-example scores before the means
+    assert f"error: cannot write {written_first} in {out_dir}:" in result.stderr and "Traceback" not in result.stderr
     assert json.loads((out_dir / "metrics.json").read_text()) == {"eval_loss": 1.0}
 
 
