@@ -87,6 +87,8 @@ def test_dvc_repro_and_exp_run(tmp_path_factory, installed):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "train", "evaluate"}
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["max_steps"] == 6
+    # prepare keeps eval.generations held-out prompts: changing it reruns prepare.
+    assert lock["stages"]["prepare"]["params"]["params.yaml"]["eval.generations"] == 4
 
     shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=project).stdout)
     assert any("eval_loss" in json.dumps(v) for v in shown.values())

@@ -327,7 +327,8 @@ def two_runs(tmp_path_factory, tiny_model_dir, sample_data, mlflow_server, local
     runs = {
         "main": (["train.learning_rate=0.01", "eval.harness_tasks=[support_mc]", f"eval.harness_include={local_task}"],
                  {"GIT_BRANCH": "main", "GIT_COMMIT": "a" * 40}),
-        "pr": (["train.learning_rate=0.02", "eval.judge.enabled=true", "eval.judge.usd_per_million_input_tokens=1.0"],
+        # eval.generations raised after prepare kept 6 prompts: evaluate answers those 6 and says so.
+        "pr": (["train.learning_rate=0.02", "eval.generations=8", "eval.judge.enabled=true", "eval.judge.usd_per_million_input_tokens=1.0"],
                {"GIT_BRANCH": "feature", "GIT_COMMIT": "b" * 40, "PR_NUMBER": "12", "JUDGE_BASE_URL": judge_server.url,
                 "JUDGE_MODEL": "fake-judge"}),
     }
@@ -384,6 +385,7 @@ def test_the_pr_run_is_compared_with_mains_example_by_example(two_runs):
         if name not in ("eval_loss", "token_accuracy"):
             assert line.endswith("(6 examples)"), line
     assert any(line.startswith("judge: win rate") for line in logs["pr"])
+    assert any(line.startswith("note: ") and "holds 6 prompts, eval.generations=8" in line for line in logs["pr"])
     assert results["pr"][1]["judge_cost_usd"] == pytest.approx(12 * 100 / 1e6)  # 6 prompts, both orders
 
 

@@ -354,3 +354,12 @@ def test_unknown_price_on_a_cloud_machine_is_logged_as_unknown_not_zero(prepared
     assert finished.data.tags["price_source"].startswith("unknown on a cloud machine")
     [segments] = ckpt.glob("*/segments.json")
     assert [s["usd"] for s in json.loads(segments.read_text())] == [None]
+    # report says so: "unknown" in the table, cost_known false and no dollars in the JSON.
+    shown = run("report", "--experiment", params.tracking.experiment, "--format", "json",
+                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    [row] = json.loads(shown.stdout)["runs"]
+    assert row["cost_usd"] is None and row["cost_known"] is False
+    table = run("report", "--experiment", params.tracking.experiment, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [line] = [line for line in table.stdout.splitlines() if row["id"] in line]
+    assert " unknown " in f" {line} " and "$" not in line

@@ -348,16 +348,19 @@ def test_data_format_is_validated_naming_the_key():
 # --- files: JSON arrays, CSV, Parquet, folders, datasets --------------------------------------
 
 
-@pytest.mark.parametrize("text, line, error", [
-    ('[{"text": "a"},\n {"text": "b"}\n {"text": "c"}]', 3, "expected ',' or ']' after a record of the JSON array"),
-    ('[{"text": "a"},\n {"text": "b"},\n', 3, "the JSON array is not closed (missing ']')"),
-    ('[{"text": "a"}]\n{"text": "b"}', 2, "text after the end of the JSON array"),
-    ('[{"text": "a"},\n {"text": "b"},\n]', 3, "expected a record after ',' (a trailing comma is not JSON)"),
-    ('[{"text": "a"},\n {"text": b}]', 2, "not valid JSON (Expecting value at column 11)"),
-    ('[{"text": "a"},\n "just a string"]', 2, "expected a JSON object, found a string"),
+@pytest.mark.parametrize("name, text, line, error", [
+    ('data.json', '[{"text": "a"},\n {"text": "b"}\n {"text": "c"}]', 3, "expected ',' or ']' after a record of the JSON array"),
+    ('data.json', '[{"text": "a"},\n {"text": "b"},\n', 3, "the JSON array is not closed (missing ']')"),
+    ('data.json', '[{"text": "a"}]\n{"text": "b"}', 2, "text after the end of the JSON array"),
+    ('data.json', '[{"text": "a"},\n {"text": "b"},\n]', 3, "expected a record after ',' (a trailing comma is not JSON)"),
+    ('data.json', '[{"text": "a"},\n {"text": b}]', 2, "not valid JSON (Expecting value at column 11)"),
+    ('data.json', '[{"text": "a"},\n "just a string"]', 2, "expected a JSON object, found a string"),
+    ('data.csv', "text,source\nhello,a\nworld\n", 3, "1 fields, but the header has 2"),
+    ('data.csv', 'messages\n"[{""role"": ""user""}"\n', 2, "column 'messages' is not valid JSON"),
+    ('data.csv', "text,text\na,b\n", 1, "the header row names a column more than once ('text')"),
 ])
-def test_json_array_errors_name_the_line(tmp_path, text, line, error):
-    path = tmp_path / "data.json"
+def test_json_array_and_csv_errors_name_the_line(tmp_path, name, text, line, error):
+    path = tmp_path / name
     path.write_text(text)
     with pytest.raises(data.DataError) as err:
         list(data.read_examples(path))
@@ -383,19 +386,6 @@ def test_json_array_records_cut_by_the_read_ahead_are_read_whole(tmp_path, monke
     assert [e["text"] for _, e in examples] == [r["text"] for r in records]
     assert [w for w, _ in examples][:2] == [f"{path}:2", f"{path}:5"]
     assert examples.count() == 30
-
-
-@pytest.mark.parametrize("text, line, error", [
-    ("text,source\nhello,a\nworld\n", 3, "1 fields, but the header has 2"),
-    ('messages\n"[{""role"": ""user""}"\n', 2, "column 'messages' is not valid JSON"),
-    ("text,text\na,b\n", 1, "the header row names a column more than once ('text')"),
-])
-def test_csv_errors_name_the_line(tmp_path, text, line, error):
-    path = tmp_path / "data.csv"
-    path.write_text(text)
-    with pytest.raises(data.DataError) as err:
-        list(data.read_examples(path))
-    assert str(err.value).startswith(f"{path}:{line}: {error}")
 
 
 def test_csv_rows_may_span_lines_and_tsv_is_read_too(tmp_path):

@@ -67,6 +67,8 @@ def run_row(run) -> dict:
             row[name] = run.data.metrics.get(name)
         elif source == "tag":
             row[name] = run.data.tags.get(name, "")
+    # A run on a machine whose price was unknown logs no cost: "unknown", never a blank or $0.
+    row["cost_known"] = run.data.tags.get("cost_known", "true") != "false"
     for name in (*QUALITY_METRICS, "eval_examples", "judge_win_rate", "judge_cost_usd"):
         if name in run.data.metrics:
             row.setdefault(name, run.data.metrics[name])
@@ -230,6 +232,8 @@ def answers_markdown(row: dict) -> list[str]:
 
 def _cell(row: dict, name: str, fmt: str) -> str:
     value = row.get(name)
+    if value is None and name == "cost_usd" and row.get("cost_known") is False:
+        return "unknown"
     if value is None or value == "":
         return "-"
     try:

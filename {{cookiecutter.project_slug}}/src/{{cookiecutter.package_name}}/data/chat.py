@@ -97,7 +97,8 @@ def encode(tokenizer, example: dict, train_on: str, template_source: str = "") -
 def encode_example(tokenizer, example: dict, train_on: str, template_source: str = "") -> Encoded:
     """`encode`, keeping the rendered text and offsets (for `prepare --show`)."""
     kind = example["kind"]
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if kind in ("text", "completion"):  # plain text ends with eos, so the model learns to stop
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if kind == "text":
         ids, offsets = _tokenize(tokenizer, example["text"])
         return _with_eos(tokenizer, Encoded(example["text"], ids, list(ids), offsets), eos)

@@ -94,6 +94,15 @@ def quality_lines(comparison: dict, base_run: str) -> list[str]:
     return lines
 
 
+def _validation_records(prepared_dir) -> int:
+    """How many records `prepare` put in the validation split (0 when it does not say)."""
+    summary = Path(prepared_dir) / "summary.json"
+    if not summary.is_file():
+        return 0
+    val = json.loads(summary.read_text()).get("val", {})
+    return int(val.get("examples", 0)) + int(val.get("dropped_too_long", 0)) + int(val.get("dropped_no_labels", 0))
+
+
 def evaluate(params, log=print) -> dict:
     out_dir = Path(params.train.output_dir)
     adapter_dir = out_dir / "adapter"
@@ -102,6 +111,9 @@ def evaluate(params, log=print) -> dict:
     scorers = metrics.resolve(params.eval.metrics)  # a typo in a metric name stops before the model loads
     prompts_file = Path(params.data.prepared_dir) / "held_out_prompts.jsonl"
     prompts = [json.loads(line) for line in prompts_file.read_text().splitlines()] if prompts_file.is_file() else []
+    if len(prompts) < params.eval.generations and len(prompts) < _validation_records(params.data.prepared_dir):
+        log(f"note: {prompts_file} holds {len(prompts)} prompts, eval.generations={params.eval.generations}: "
+            "run `prepare` again to answer more (`dvc repro` does)")
     prompts = prompts[: params.eval.generations]
     if params.eval.harness_tasks:
         from . import harness
