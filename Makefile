@@ -33,7 +33,7 @@ $(SKY_VENV)/.installed:
 	touch $@
 
 test: install $(SKY_VENV)/.installed  ## the template's tests: bake matrix, hooks, linters, the baked project's own suite
-	SKY_PYTHON=$(CURDIR)/$(SKY_VENV)/bin/python $(PY) -m pytest tests
+	SKY_PYTHON=$(CURDIR)/$(SKY_VENV)/bin/python $(PY) -m pytest -n 2 --dist loadfile tests
 
 lint: install
 	$(PY) -m ruff check hooks tests benchmarks

@@ -184,7 +184,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_an_interrupted_prepare_leaves_the_previous_output_and_no_process(make_params, tmp_path, how):
     big = tmp_path / "big.jsonl"
-    subprocess.run([sys.executable, str(PROJECT / "scripts/make_sample_data.py"), "--out", str(big), "--count", "4000"],
+    subprocess.run([sys.executable, str(PROJECT / "scripts/make_sample_data.py"), "--out", str(big), "--count", "12000"],
                    check=True, capture_output=True)
     params = make_params()
     data.prepare(params, **quiet)  # a previous, complete output
@@ -194,8 +194,10 @@ def test_an_interrupted_prepare_leaves_the_previous_output_and_no_process(make_p
     args = [f"--set={key}={value}" for key, value in
             {"model.base": params.model.base, "data.path": big, "data.prepared_dir": params.data.prepared_dir,
              "data.num_proc": 2}.items()]
+    # As from a terminal: SIGINT is not ignored, even when these tests were started in the background.
     process = subprocess.Popen([sys.executable, "-m", "{{ cookiecutter.package_name }}", "prepare", *args],
-                               cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     tokens = None
     while time.monotonic() < deadline and process.poll() is None:  # until tokens are being written

@@ -95,7 +95,7 @@ def test_pareto_front():
     assert report.pareto_front(points) == [3, 0, 2]
 
 
-def test_a_thousand_runs_report_in_under_5_seconds(tmp_path):
+def test_a_thousand_runs_report_without_a_request_per_run(tmp_path):
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     store = SqlAlchemyStore(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"))
