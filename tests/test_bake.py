@@ -532,7 +532,9 @@ def test_default_bake_is_fast(tmp_path):
     elapsed = time.perf_counter() - start
     assert (project / ".dvc" / "config").is_file()
     assert git(project, "rev-list", "--count", "HEAD").strip() == "1"
-    assert elapsed < 5, f"default bake took {elapsed:.1f} s"
+    # A guard against a hook that installs or downloads (minutes), not a timing: the bake takes
+    # 1-3 s alone and up to 7 s beside the baked suite, which `make test` runs at the same time.
+    assert elapsed < 20, f"default bake took {elapsed:.1f} s"
 
 
 SKY_BAKES = [
