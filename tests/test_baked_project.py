@@ -47,9 +47,9 @@ def test_console_script_is_installed(installed):
 
 def test_baked_test_suite_passes(installed):
     # The baked suite trains the tiny model for real many times: about 15 minutes on 2 cores,
-    # run as its `make test` runs it (a process per core, a test file to each).
-    result = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=15",
-                 "-n", "auto", "--maxprocesses=4", "--dist", "loadfile", cwd=installed, timeout=2400)
+    # through its README's `make test` (a process per core, a test file to each).
+    result = run("make", "test", f"PYTHON={sys.executable}", cwd=installed, timeout=2400,
+                 PYTEST_ADDOPTS="-q -p no:cacheprovider --durations=15")
     print(result.stdout[-3000:])  # the slowest tests, in CI's log
     summary = result.stdout.strip().splitlines()[-1]
     passed = int(summary.split(" passed")[0].split()[-1])

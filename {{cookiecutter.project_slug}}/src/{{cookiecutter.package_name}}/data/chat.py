@@ -97,16 +97,14 @@ def encode(tokenizer, example: dict, train_on: str, template_source: str = "") -
 def encode_example(tokenizer, example: dict, train_on: str, template_source: str = "") -> Encoded:
     """`encode`, keeping the rendered text and offsets (for `prepare --show`)."""
     kind = example["kind"]
-    if kind in ("text", "completion"):  # plain text ends with eos, so the model learns to stop
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if kind == "text":
         ids, offsets = _tokenize(tokenizer, example["text"])
-        return _with_eos(tokenizer, Encoded(example["text"], ids, list(ids), offsets), eos)
+        return _with_eos(tokenizer, Encoded(example["text"], ids, list(ids), offsets))
     if kind == "completion":
         text = example["prompt"] + example["completion"]
         ids, offsets = _tokenize(tokenizer, text)
         spans = [(0, len(text))] if train_on == "all" else [(len(example["prompt"]), len(text))]
-        return _with_eos(tokenizer, Encoded(text, ids, _labels(ids, offsets, spans), offsets), eos)
+        return _with_eos(tokenizer, Encoded(text, ids, _labels(ids, offsets, spans), offsets))
     if kind != "chat":
         raise DataError(f"examples of kind {kind!r} are not supported")
 
@@ -138,9 +136,11 @@ def render_prompt(tokenizer, messages: list[dict], tools: list | None = None, te
     return template.render(messages, tools or None, add_generation_prompt=True)
 
 
-def _with_eos(tokenizer, encoded: Encoded, eos: list[int]) -> Encoded:
-    if not eos:
+def _with_eos(tokenizer, encoded: Encoded) -> Encoded:
+    """Plain text (no chat template) ends with eos, so the model learns to stop."""
+    if tokenizer.eos_token_id is None:
         return encoded
+    eos = [tokenizer.eos_token_id]
     end = len(encoded.text)
     return Encoded(encoded.text + tokenizer.eos_token, encoded.ids + eos, encoded.labels + eos, encoded.offsets + [(end, end + len(tokenizer.eos_token))])
 
