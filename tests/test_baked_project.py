@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -51,8 +52,10 @@ def test_baked_test_suite_passes(installed):
     result = run("make", "test", f"PYTHON={sys.executable}", cwd=installed, timeout=2400,
                  PYTEST_ADDOPTS="-q -p no:cacheprovider --durations=15")
     print(result.stdout[-3000:])  # the slowest tests, in CI's log
-    summary = result.stdout.strip().splitlines()[-1]
-    passed = int(summary.split(" passed")[0].split()[-1])
+    # pytest's summary line; make may print "Leaving directory" after it when run from make.
+    summaries = re.findall(r"^=*\s*(.*\b(\d+) passed\b.*) in [\d.]+s\b.*$", result.stdout, re.M)
+    assert summaries, result.stdout[-3000:]
+    summary, passed = summaries[-1][0], int(summaries[-1][1])
     assert passed >= 30 and "failed" not in summary and "skipped" not in summary, summary
 
 
