@@ -149,6 +149,47 @@ def test_a_record_that_cannot_be_encoded_is_named_by_its_line_and_nothing_is_wri
     assert not list(tmp_path.glob(".prepared-*"))
 
 
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_the_first_bad_record_in_file_order_stops_the_stage_whichever_process_reads_it(make_params, tokenizer, tmp_path,
+                                                                                       monkeypatch, num_proc):
+    """Runs of a JSON Lines file are checked in several processes, other files here: the error is
+    the one reading the folder front to back meets first."""
+    monkeypatch.setattr(prepare_stage, "CHUNK", 8)
+    lines = Path(make_params().data.path).read_text().splitlines()[:100]
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    (folder / "c.csv").write_text("instruction,output\nhi,hello\nbroken\n")
+    cases = []
+    for bad_lines in ({60: "{not json", 90: "[1, 2]"}, {90: '{"messages": []}'}, {}):
+        (folder / "a.jsonl").write_text("\n".join(bad_lines.get(i, line) for i, line in enumerate(lines)) + "\n")
+        (folder / "b.jsonl").write_text(lines[0] + "\n" + '{"messages": "not a list"}\n')
+        with pytest.raises(data.DataError) as read_whole:
+            list(data.read_examples(folder))
+        with pytest.raises(data.DataError) as prepared:
+            data.prepare(make_params(f"data.path={folder}", f"data.num_proc={num_proc}"), tokenizer, **quiet)
+        cases.append(str(prepared.value))
+        assert str(prepared.value) == str(read_whole.value)
+    assert [case.split(": ")[0] for case in cases] == [f"{folder}/a.jsonl:61", f"{folder}/a.jsonl:91", f"{folder}/b.jsonl:2"]
+
+
+def test_a_file_changed_while_being_prepared_stops_the_stage(make_params, tokenizer, tmp_path, monkeypatch):
+    path = tmp_path / "data.jsonl"
+    path.write_text(Path(make_params().data.path).read_text())
+    real_check = prepare_stage._check
+
+    def check_then_append(examples, num_proc):
+        checked = real_check(examples, num_proc)
+        with path.open("a") as f:  # a line added after the records were counted
+            f.write(path.read_text().splitlines()[0] + "\n")
+        return checked
+
+    monkeypatch.setattr(prepare_stage, "_check", check_then_append)
+    params = make_params(f"data.path={path}", "data.num_proc=2")
+    with pytest.raises(data.DataError, match=rf"^{path}: changed while being prepared; run `prepare` again$"):
+        data.prepare(params, tokenizer, **quiet)
+    assert not Path(params.data.prepared_dir).exists()
+
+
 def test_training_rows_are_memory_mapped_not_loaded(make_params, tokenizer):
     params = make_params()
     data.prepare(params, tokenizer, **quiet)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from itertools import pairwise
 from pathlib import Path
 
 import pyarrow as pa
@@ -449,6 +450,35 @@ def test_a_folder_reads_its_files_in_sorted_order_each_with_its_own_shape(tmp_pa
     empty.mkdir()
     with pytest.raises(data.DataError, match=rf"^{empty}: no data files in this folder \(looked for .jsonl, .json"):
         data.read_examples(empty)
+
+
+def test_parts_read_one_after_another_are_the_records_read_whole(tmp_path):
+    """prepare's processes each read a run of lines of a JSON Lines file: together, in order,
+    the runs are the file, and their records the records read front to back."""
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    chat, text = SHAPES["chat"][0], SHAPES["text"][0]
+    lines = [json.dumps(chat), "", json.dumps({**chat, "id": 2}), "   ", json.dumps({**chat, "id": 3}), json.dumps(chat)]
+    (folder / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")  # BOM, CRLF, blank lines
+    write(folder / "b", "csv", [SHAPES["instruction"][0]] * 3)
+    (folder / "c.jsonl").write_text("\n".join(json.dumps({"text": f"t{i}"}) for i in range(7)))  # no final line break
+    write(folder / "d", "jsonl", [text])
+    examples = data.read_examples(folder)
+    whole = list(examples)
+    assert len(whole) == 6 + 3 + 7 + 1 - 2
+    for lines_per_run in (1, 2, 3, 1000):
+        parts = list(examples.parts(lines_per_run))
+        assert [x for part in parts for x in examples.part_examples(part)] == whole
+        for name in ("a.jsonl", "c.jsonl", "d.jsonl"):
+            runs = [part.lines for part in parts if part.source.path == str(folder / name)]
+            assert runs[0][0] == 0 and runs[-1][1] == (folder / name).stat().st_size
+            assert all(one[1] == two[0] and two[2] == one[2] + lines_per_run for one, two in pairwise(runs))
+        assert [part.lines for part in parts if part.source.kind == "csv"] == [None]
+        assert {part.shape for part in parts if part.lines} == {"chat", "text"}
+    # A file whose first record has no known shape is read whole, to be reported in its turn.
+    (folder / "b2.jsonl").write_text('{"nonsense": 1}\n')
+    parts = list(data.read_examples(folder).parts(2))
+    assert [(Path(part.source.path).name, part.lines) for part in parts if part.lines is None] == [("b.csv", None), ("b2.jsonl", None)]
 
 
 def test_a_saved_dataset_dict_and_its_splits(tmp_path):

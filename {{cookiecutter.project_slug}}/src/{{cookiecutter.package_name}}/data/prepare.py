@@ -1,9 +1,11 @@
 """The `prepare` stage: read, tokenize, split, pack and write `data.prepared_dir`; and load it back.
 
 Built for datasets of any size, in bounded memory:
-  0. read and check every record, one at a time (a bad line stops everything here);
-  1. read them again and tokenize them in chunks on every core (`data.num_proc`), in file
-     order, streaming ids and labels to a token store on disk;
+  0. read and check every record (a bad line stops everything here);
+  1. read them again and tokenize them on every core (`data.num_proc`), in file order,
+     streaming ids and labels to a token store on disk.
+     Both passes split JSON Lines files into runs of lines that each process reads and parses
+     itself, so no one process reads every record; other sources are read by the main process;
   2. split train/validation by each record's seeded hash (which needs only their count);
   3. plan the packing of each split from the examples' lengths (best-fit decreasing);
   4. build and write the rows a block at a time.
@@ -19,7 +21,7 @@ import signal
 import sys
 from collections import deque
 from contextlib import contextmanager
-from itertools import islice
+from itertools import groupby, islice
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +31,10 @@ from ..atomic import atomic_dir
 from .chat import IGNORE, encode, ensure_chat_template
 from .errors import DataError
 from .packing import build_rows, packing_stats, plan_rows
-from .shapes import read_examples
+from .shapes import Examples, Part, read_examples
 from .store import RowWriter, TokenStore, load_rows
 
-CHUNK = 256  # examples per task sent to a tokenizing process
+CHUNK = 256  # records per task a process checks or encodes
 BLOCK_TOKENS = 1 << 21  # row slots built and written at a time (a few tens of MB of buffers)
 
 
@@ -81,15 +83,17 @@ def split(records: list, val_fraction: float, seed: int) -> tuple[list, list]:
     return [r for r, v in zip(records, is_val, strict=True) if not v], [records[i] for i in val.tolist()]
 
 
-# ------------------------------------------------------------------ tokenize
+# ------------------------------------------------------------------ processes
 
-_WORKER: tuple = ()
+# What each process keeps for its tasks: the examples reader, and for tokenizing the
+# tokenizer and settings (set once per process: pickled once, or inherited by fork).
+_STATE: dict = {}
 
 
-def _start_worker(tokenizer, train_on: str, template_source: str) -> None:
-    """Runs once in each tokenizing process: keeps the tokenizer (pickled once, or inherited)."""
-    global _WORKER
-    _WORKER = (tokenizer, train_on, template_source)
+def _start_worker(state: dict) -> None:
+    """Runs once in each process of the pool."""
+    _STATE.clear()
+    _STATE.update(state)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     if sys.platform == "linux":  # and die with it, even when it is killed outright
         import ctypes
@@ -98,41 +102,14 @@ def _start_worker(tokenizer, train_on: str, template_source: str) -> None:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _encode_chunk(examples: list[dict]):
-    """Token ids and labels of a chunk of examples, flat: (lengths, trained, ids, labels), or
-    (position in the chunk, message) for the first example that cannot be encoded.
-
-    `trained`: per example, its trained tokens after the first (packing never trains the first).
-    """
-    tokenizer, train_on, source = _WORKER
-    lengths, ids, labels = [], [], []
-    for k, example in enumerate(examples):
-        try:
-            example_ids, example_labels = encode(tokenizer, example, train_on, template_source=source)
-        except DataError as err:
-            return k, str(err)
-        if len(example_ids) != len(example_labels):
-            raise RuntimeError(f"encode returned {len(example_ids)} ids but {len(example_labels)} labels")
-        lengths.append(len(example_ids))
-        ids.extend(example_ids)
-        labels.extend(example_labels)
-    lengths = np.array(lengths, dtype=np.int32)
-    labels = np.array(labels, dtype=np.int32)
-    is_trained = labels != IGNORE
-    is_trained[(np.cumsum(lengths) - lengths)[lengths > 0]] = False
-    example_of = np.repeat(np.arange(len(lengths)), lengths)
-    trained = np.bincount(example_of, weights=is_trained, minlength=len(lengths)).astype(np.int32)
-    return lengths, trained, np.array(ids, dtype=np.int32), labels
-
-
 @contextmanager
-def _tokenizing(tokenizer, train_on: str, template_source: str, num_proc: int):
-    """A function from chunks to (chunk, _encode_chunk(chunk)), in order; on `num_proc`
-    processes, reading at most a few chunks ahead of them."""
-    global _WORKER
+def _processes(num_proc: int, state: dict):
+    """A function `run(fn, tasks)` yielding (task, fn(task)) in task order, on `num_proc`
+    processes that each hold `state`, taking at most a few tasks ahead of its consumer."""
     if num_proc <= 1:  # right here, in this process
-        _WORKER = (tokenizer, train_on, template_source)
-        yield lambda chunks: ((chunk, _encode_chunk(chunk[1])) for chunk in chunks)
+        _STATE.clear()
+        _STATE.update(state)
+        yield lambda fn, tasks: ((task, fn(task)) for task in tasks)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -140,36 +117,137 @@ def _tokenizing(tokenizer, train_on: str, template_source: str, num_proc: int):
     # Each process encodes one example at a time; the tokenizer's own threads would only
     # compete with them (and a fork after they ran prints a warning).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Forked processes start at once and inherit the tokenizer; elsewhere it is pickled once per process.
+    # Forked processes start at once and inherit the state; elsewhere it is pickled once per process.
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    pool = ProcessPoolExecutor(num_proc, mp_context=context, initializer=_start_worker,
-                               initargs=(tokenizer, train_on, template_source))
+    pool = ProcessPoolExecutor(num_proc, mp_context=context, initializer=_start_worker, initargs=(state,))
     try:
-        # Start them now, before the progress bar starts its thread: a process that forks
+        # Start them now, before a progress bar starts its thread: a process that forks
         # while other threads run can leave a lock held in the child.
         pool.submit(int).result()
 
-        def encoded(chunks):
+        def run(fn, tasks):
             pending = deque()
-            for chunk in chunks:
-                pending.append((chunk, pool.submit(_encode_chunk, chunk[1])))
+            for task in tasks:
+                pending.append((task, pool.submit(fn, task)))
                 if len(pending) >= 2 * num_proc:
-                    chunk, future = pending.popleft()
-                    yield chunk, future.result()
+                    task, future = pending.popleft()
+                    yield task, future.result()
             while pending:
-                chunk, future = pending.popleft()
-                yield chunk, future.result()
+                task, future = pending.popleft()
+                yield task, future.result()
 
-        yield encoded
+        yield run
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _chunks(examples, size: int):
-    """(where list, example list) chunks of the (where, example) stream."""
-    iterator = iter(examples)
-    while chunk := list(islice(iterator, size)):
-        yield [where for where, _ in chunk], [example for _, example in chunk]
+# ------------------------------------------------------------------ check
+
+def _check_part(part: Part) -> tuple[int, str | None]:
+    """In a process: (records, None) for a part whose records are all good, else (0, the first
+    one's `file:line: what`)."""
+    count = 0
+    try:
+        for _ in _STATE["examples"].part_examples(part):
+            count += 1
+    except DataError as err:
+        return 0, str(err)
+    return count, None
+
+
+def _check(examples: Examples, num_proc: int) -> list[tuple[Part, int]]:
+    """Every record read and checked once, before anything is tokenized: each part with its
+    record count. JSON Lines files are checked on `num_proc` processes, a run of lines each;
+    other sources here, one record at a time. The first bad record in file order stops it."""
+    checked: list[tuple[Part, int]] = []
+    with _processes(num_proc, {"examples": examples}) as run, \
+            tqdm(desc="check records", unit=" records", file=sys.stderr, mininterval=_refresh()) as bar:
+        for whole, parts in groupby(examples.parts(CHUNK), key=lambda part: part.lines is None):
+            if whole:
+                for part in parts:
+                    count = 0
+                    for _ in examples.part_examples(part):
+                        count += 1
+                        if count % 4096 == 0:
+                            bar.update(4096)
+                    bar.update(count % 4096)
+                    checked.append((part, count))
+                continue
+            for part, (count, error) in run(_check_part, parts):
+                if error is not None:
+                    raise DataError(error)
+                if count:
+                    examples.shapes.setdefault(part.source.label, part.shape)
+                checked.append((part, count))
+                bar.update(count)
+    if not sum(count for _, count in checked):
+        raise DataError(f"{examples.path}: no records (the dataset is empty)")
+    return checked
+
+
+# ------------------------------------------------------------------ tokenize
+
+def _encode_task(task: tuple[int, int, Part | tuple[list, list]]):
+    """In a process: one task's examples encoded, flat, as (lengths, trained, ids, labels,
+    held-out candidates); or, for the first record that cannot be read or encoded, its
+    `file:line: what`.
+
+    A task is (position of its first record, records expected, what to read): a part, read
+    here, or (wheres, examples) read by the main process. `trained`: per example, its trained
+    tokens after the first (packing never trains the first). The candidates are the task's
+    `eval.generations` records of smallest split key, as (key, position, held-out prompt).
+    """
+    first, expected, what = task
+    records = iter(zip(*what, strict=True) if isinstance(what, tuple) else _STATE["examples"].part_examples(what))
+    tokenizer, train_on, source = _STATE["tokenizer"], _STATE["train_on"], _STATE["template_source"]
+    lengths, ids, labels, examples = [], [], [], []
+    while True:
+        try:
+            where, example = next(records)
+        except StopIteration:
+            break
+        except DataError as err:  # reading: the message names its file:line
+            return str(err)
+        try:
+            example_ids, example_labels = encode(tokenizer, example, train_on, template_source=source)
+        except DataError as err:
+            return f"{where}: {err}"
+        if len(example_ids) != len(example_labels):
+            raise RuntimeError(f"encode returned {len(example_ids)} ids but {len(example_labels)} labels")
+        lengths.append(len(example_ids))
+        ids.extend(example_ids)
+        labels.extend(example_labels)
+        examples.append(example)
+    if len(examples) != expected:
+        return f"{what.source.label}: changed while being prepared ({expected} records, then {len(examples)}); run `prepare` again"
+    lengths = np.array(lengths, dtype=np.int32)
+    labels = np.array(labels, dtype=np.int32)
+    is_trained = labels != IGNORE
+    is_trained[(np.cumsum(lengths) - lengths)[lengths > 0]] = False
+    example_of = np.repeat(np.arange(len(lengths)), lengths)
+    trained = np.bincount(example_of, weights=is_trained, minlength=len(lengths)).astype(np.int32)
+    keys = _split_keys(np.arange(first, first + len(examples)), _STATE["seed"])
+    smallest = np.argsort(keys, kind="stable")[: _STATE["generations"]].tolist()
+    candidates = [(int(keys[k]), first + k, held_out_prompt(examples[k])) for k in smallest]
+    return lengths, trained, np.array(ids, dtype=np.int32), labels, candidates
+
+
+def _tasks(examples: Examples, checked: list[tuple[Part, int]]):
+    """The tokenizing tasks of the checked parts, in order: a JSON Lines part is read by the
+    process that encodes it; other sources are read here, CHUNK examples at a time."""
+    first = 0
+    for part, count in checked:
+        if part.lines is not None:
+            yield first, count, part
+        else:
+            read = 0
+            iterator = examples.part_examples(part)
+            while chunk := list(islice(iterator, CHUNK)):
+                yield first + read, len(chunk), ([where for where, _ in chunk], [example for _, example in chunk])
+                read += len(chunk)
+            if read != count:
+                raise DataError(f"{part.source.label}: changed while being prepared ({count} records, then {read}); run `prepare` again")
+        first += count
 
 
 # ------------------------------------------------------------------ prepare
@@ -186,15 +264,11 @@ def prepare(params, tokenizer=None, log=print) -> dict:
     """
     cfg = params.data
     # A first pass reads and checks every record, so a bad line is reported before a tokenizer
-    # is downloaded or a process started (and the progress bar knows the total).
-    with tqdm(desc="check records", unit=" records", file=sys.stderr, mininterval=_refresh()) as bar:
-        records = 0
-        examples = read_examples(cfg.path, cfg.format)
-        for _ in examples:
-            records += 1
-            if records % 4096 == 0:
-                bar.update(4096)
-        bar.update(records % 4096)
+    # is downloaded (and the progress bar knows the total).
+    examples = read_examples(cfg.path, cfg.format)
+    files = _file_states(examples)
+    checked = _check(examples, num_processes(cfg.num_proc))
+    records = sum(count for _, count in checked)
     shapes = sorted(set(examples.shapes.values()))
     log(f"read {records} records from {cfg.path} ({', '.join(shapes)})")
     if tokenizer is None:
@@ -207,7 +281,9 @@ def prepare(params, tokenizer=None, log=print) -> dict:
 
     with atomic_dir(cfg.prepared_dir) as tmp:
         store = TokenStore(tmp / ".tokens")
-        trained, prompts = _tokenize(params, tokenizer, store, records)
+        trained, prompts = _tokenize(params, tokenizer, store, examples, checked)
+        if _file_states(examples) != files:
+            raise DataError(f"{cfg.path}: changed while being prepared; run `prepare` again")
         lengths, offsets = store.close()
         splits, val = split_and_pack(tmp, store, lengths, offsets, trained, cfg, pad_id, log)
         summary: dict = {"source": str(cfg.path), "records": len(lengths), "format": cfg.format, "shapes": shapes, **splits}
@@ -245,34 +321,43 @@ def split_and_pack(folder: Path, store: TokenStore, lengths, offsets, trained, c
     return splits, val
 
 
-def _tokenize(params, tokenizer, store: TokenStore, records: int) -> tuple[np.ndarray, list[dict]]:
-    """Every record of `data.path` encoded into `store`, in file order.
+def _file_states(examples: Examples) -> list[tuple]:
+    """Size and modification time of each data file: the passes read the same files or fail."""
+    states = []
+    for source in examples.sources:
+        path = Path(source.path)
+        if source.kind not in ("hub", "saved") and path.is_file():
+            stat = path.stat()
+            states.append((source.path, stat.st_size, stat.st_mtime_ns))
+    return states
+
+
+def _tokenize(params, tokenizer, store: TokenStore, examples: Examples, checked: list[tuple[Part, int]]):
+    """Every checked record encoded into `store`, in file order, on `data.num_proc` processes.
 
     Returns each example's trained tokens (after its first) and the held-out prompts of the
     records with the smallest split keys (the first validation records, once they are counted).
     """
     cfg = params.data
+    state = {"examples": examples, "tokenizer": tokenizer, "train_on": cfg.train_on, "template_source": params.model.base,
+             "seed": cfg.seed, "generations": params.eval.generations}
     trained = []
     smallest: list[tuple[int, int, dict]] = []  # (-key, position, prompt): a max-heap of eval.generations keys
-    n = 0
-    with _tokenizing(tokenizer, cfg.train_on, params.model.base, num_processes(cfg.num_proc)) as encoded, \
-            tqdm(desc="tokenize", total=records, unit=" examples", file=sys.stderr, mininterval=_refresh()) as bar:
-        for (wheres, examples), result in encoded(_chunks(read_examples(cfg.path, cfg.format), CHUNK)):
-            if len(result) == 2:
-                k, message = result
-                raise DataError(f"{wheres[k]}: {message}")
-            lengths, chunk_trained, ids, labels = result
+    total = sum(count for _, count in checked)
+    with _processes(num_processes(cfg.num_proc), state) as run, \
+            tqdm(desc="tokenize", total=total, unit=" examples", file=sys.stderr, mininterval=_refresh()) as bar:
+        for (_, count, _), result in run(_encode_task, _tasks(examples, checked)):
+            if isinstance(result, str):
+                raise DataError(result)
+            lengths, chunk_trained, ids, labels, candidates = result
             store.append(ids, labels, lengths)
             trained.append(chunk_trained)
-            for k, key in enumerate(_split_keys(np.arange(n, n + len(examples)), cfg.seed).tolist()):
+            for key, position, prompt in candidates:
                 if len(smallest) < params.eval.generations:
-                    heapq.heappush(smallest, (-key, n + k, held_out_prompt(examples[k])))
+                    heapq.heappush(smallest, (-key, position, prompt))
                 elif smallest and -key > smallest[0][0]:
-                    heapq.heapreplace(smallest, (-key, n + k, held_out_prompt(examples[k])))
-            n += len(examples)
-            bar.update(len(examples))
-    if n != records:
-        raise DataError(f"{cfg.path}: changed while being prepared ({records} records, then {n}); run `prepare` again")
+                    heapq.heapreplace(smallest, (-key, position, prompt))
+            bar.update(count)
     return np.concatenate(trained), [prompt for _, _, prompt in sorted(smallest, reverse=True)]
 
 

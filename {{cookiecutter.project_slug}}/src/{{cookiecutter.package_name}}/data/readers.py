@@ -66,6 +66,12 @@ class Source:
             return _parquet_records(Path(self.path))
         return self._dataset_records()
 
+    def line_records(self, start: int, end: int, first_line: int) -> Iterator[tuple[str, object]]:
+        """The records of bytes start..end of a JSON Lines file, the first on line `first_line`
+        (a run of `line_runs`)."""
+        assert self.kind == "jsonl", self.kind
+        return _jsonl_records(Path(self.path), start, end, first_line)
+
     def count(self) -> int:
         """Records in this source, without checking them: cheap for JSONL (a scan of the bytes),
         Parquet and datasets (their metadata); a JSON array or CSV file is parsed."""
@@ -216,14 +222,20 @@ def _too_long(path: Path, number: int, size: int, exact: bool) -> DataError:
     )
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """`(line number, text)` of every line, the line break kept; never more than one record in memory."""
+def _lines(path: Path, start: int = 0, end: int | None = None, first_line: int = 1) -> Iterator[tuple[int, str]]:
+    """`(line number, text)` of every line, the line break kept; never more than one record in memory.
+
+    `start`, `end` and `first_line` read only the lines of bytes start..end (cut after line
+    breaks, as `line_runs` cuts them), `first_line` being the number of the first.
+    """
     with path.open("rb") as f:
-        _check_encoding(path, f.read(4))
-        f.seek(0)
-        number = 0
-        while raw := f.readline(MAX_RECORD_BYTES + 1):
+        if start == 0:
+            _check_encoding(path, f.read(4))
+        f.seek(start)
+        number, position = first_line - 1, start
+        while (end is None or position < end) and (raw := f.readline(MAX_RECORD_BYTES + 1)):
             number += 1
+            position += len(raw)
             if len(raw) > MAX_RECORD_BYTES and not raw.endswith(b"\n"):
                 # Skip through the rest of the line in chunks, only to say how long it was.
                 size = len(raw)
@@ -268,8 +280,29 @@ def _count_lines(path: Path) -> int:
     return count
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
-    for number, line in _lines(path):
+def line_runs(path: Path, lines: int) -> Iterator[tuple[int, int, int]]:
+    """`(start byte, end byte, first line)` of each run of `lines` lines of a text file, cut
+    after line breaks: the pieces that processes read on their own (`Source.line_records`).
+
+    A scan of the raw bytes, a block at a time; what the lines hold is for their readers to check.
+    """
+    with path.open("rb") as f:
+        start, first, offset, pending = 0, 1, 0, 0  # pending: lines of the current run so far
+        while block := f.read(_CHUNK):
+            at = 0
+            while pending + block.count(b"\n", at) >= lines:
+                for _ in range(lines - pending):
+                    at = block.find(b"\n", at) + 1
+                yield start, offset + at, first
+                start, first, pending = offset + at, first + lines, 0
+            pending += block.count(b"\n", at)
+            offset += len(block)
+        if offset > start:
+            yield start, offset, first
+
+
+def _jsonl_records(path: Path, start: int = 0, end: int | None = None, first_line: int = 1) -> Iterator[tuple[str, object]]:
+    for number, line in _lines(path, start, end, first_line):
         if not line.strip():
             continue
         try:

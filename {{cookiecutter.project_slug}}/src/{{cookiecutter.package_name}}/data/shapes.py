@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import readers
@@ -79,6 +80,17 @@ def accepted() -> str:
     return ", ".join(f"{shape} {keys}" for shape, keys in SIGNATURES.items())
 
 
+@dataclass(frozen=True)
+class Part:
+    """Records one process reads on its own: the lines of bytes `lines` = (start, end, first
+    line) of a JSON Lines file, or (`lines` None) a whole source. `shape`: the records' shape,
+    or None to take it from the first record."""
+
+    source: readers.Source
+    shape: str | None
+    lines: tuple[int, int, int] | None = None
+
+
 class Examples:
     """The normalised examples of `data.path`, read lazily as `(where, example)`.
 
@@ -97,17 +109,50 @@ class Examples:
     def __iter__(self) -> Iterator[tuple[str, dict]]:
         found = 0
         for source in self.sources:
-            shape = None if self.format == "auto" else self.format
-            for where, record in source.records():
-                if shape is None:
-                    shape = detect(record)
-                    if shape is None:
-                        raise DataError(f"{where}: {_unknown_shape(record)}")
-                self.shapes.setdefault(source.label, shape)
-                yield where, _normalise_at(where, record, shape, self.format)
+            for where_example in self.part_examples(Part(source, None if self.format == "auto" else self.format)):
+                yield where_example
                 found += 1
         if not found:
             raise DataError(f"{self.path}: no records (the dataset is empty)")
+
+    def parts(self, lines: int) -> Iterator[Part]:
+        """The data in pieces that processes can read, check and normalise on their own: runs of
+        `lines` lines of each JSON Lines file (its shape found here, from its first record), and
+        every other source whole. Read in order, they are the records of `iter(self)`."""
+        fixed = None if self.format == "auto" else self.format
+        for source in self.sources:
+            if source.kind != "jsonl":
+                yield Part(source, fixed)
+                continue
+            try:
+                shape = fixed or self._first_shape(source)
+            except DataError:  # reading the source whole reports it, in its turn
+                yield Part(source, None)
+                continue
+            for run in readers.line_runs(Path(source.path), lines):
+                yield Part(source, shape, run)
+
+    def part_examples(self, part: Part) -> Iterator[tuple[str, dict]]:
+        """The `(where, example)` of one part (see `parts`), checked and normalised."""
+        shape = part.shape
+        records = part.source.records() if part.lines is None else part.source.line_records(*part.lines)
+        for where, record in records:
+            if shape is None:
+                shape = detect(record)
+                if shape is None:
+                    raise DataError(f"{where}: {_unknown_shape(record)}")
+            self.shapes.setdefault(part.source.label, shape)
+            yield where, _normalise_at(where, record, shape, self.format)
+
+    @staticmethod
+    def _first_shape(source: readers.Source) -> str | None:
+        """The shape of a source's first record (None when it has none)."""
+        for where, record in source.records():
+            shape = detect(record)
+            if shape is None:
+                raise DataError(f"{where}: {_unknown_shape(record)}")
+            return shape
+        return None
 
     def count(self) -> int:
         return sum(source.count() for source in self.sources)
