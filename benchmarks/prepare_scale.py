@@ -120,7 +120,7 @@ def run_pack_only(args) -> None:
         ids = rng.integers(0, len(tokenizer), int(chunk.sum()), dtype=np.int32)
         tokens.append(ids, ids, chunk)
     stored, offsets = tokens.close()
-    cfg = SimpleNamespace(val_fraction=0.1, seed=0, max_length=args.max_length, path=args.data)
+    cfg = SimpleNamespace(val_fraction=0.1, seed=0, max_length=args.max_length, path=args.data, num_proc=args.num_proc)
     splits, _ = stage.split_and_pack(folder, tokens, stored, offsets, trained, cfg, tokenizer.pad_token_id or 0, log=lambda *_: None)
     rows = sum(s["rows"] for s in splits.values())
     total = sum(s["tokens"] for s in splits.values())
@@ -225,7 +225,8 @@ def main() -> None:
             elif case == "ours_pack_only":
                 cache = work / f"pack-{count}"
                 command = [sys.executable, __file__, "--pack-only", str(count), "--package", package, "--tokenizer", args.tokenizer,
-                           "--data", str(data), "--cache-dir", str(cache), "--max-length", str(args.max_length)]
+                           "--data", str(data), "--cache-dir", str(cache), "--max-length", str(args.max_length),
+                           "--num-proc", str(args.num_proc)]
                 result = measure(command, env, project)
                 extra = json.loads(result["stdout"].strip().splitlines()[-1])
                 shutil.rmtree(cache, ignore_errors=True)

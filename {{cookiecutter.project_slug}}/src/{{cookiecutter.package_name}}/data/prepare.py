@@ -8,7 +8,7 @@ Built for datasets of any size, in bounded memory:
      itself, so no one process reads every record; other sources are read by the main process;
   2. split train/validation by each record's seeded hash (which needs only their count);
   3. plan the packing of each split from the examples' lengths (best-fit decreasing);
-  4. build and write the rows a block at a time.
+  4. build and write the rows a block at a time, blocks on every core.
 The output folder appears whole or not at all; the rows are identical whatever `num_proc` is.
 """
 
@@ -314,7 +314,8 @@ def split_and_pack(folder: Path, store: TokenStore, lengths, offsets, trained, c
         dropped = f"{int(too_long.sum())} longer than data.max_length={cfg.max_length}, {int(no_labels.sum())} with nothing to train on"
         if not len(kept):
             raise DataError(f"{cfg.path}: no usable {name} examples ({dropped})")
-        stats = _write_split(folder / name, store, offsets[kept], lengths[kept], trained[kept], cfg.max_length, pad_id)
+        stats = _write_split(folder / name, store, offsets[kept], lengths[kept], trained[kept], cfg.max_length, pad_id,
+                             num_processes(cfg.num_proc))
         splits[name] = {**stats, "dropped_too_long": int(too_long.sum()), "dropped_no_labels": int(no_labels.sum())}
         log(f"{name}: {stats['examples']} examples -> {stats['rows']} rows of {cfg.max_length} tokens, "
             f"packing efficiency {stats['packing_efficiency']:.1%}; dropped {dropped}")
@@ -361,22 +362,31 @@ def _tokenize(params, tokenizer, store: TokenStore, examples: Examples, checked:
     return np.concatenate(trained), [prompt for _, _, prompt in sorted(smallest, reverse=True)]
 
 
-def _write_split(folder: Path, store: TokenStore, offsets, lengths, trained, max_length: int, pad_id: int) -> dict:
+def _write_split(folder: Path, store: TokenStore, offsets, lengths, trained, max_length: int, pad_id: int, num_proc: int) -> dict:
+    """One split's rows planned here, then built and written a block at a time on `num_proc`
+    processes (each block in its place: the bytes do not depend on which process wrote it)."""
     plan = plan_rows(lengths, max_length)
     writer = RowWriter(folder, plan.rows, max_length)
     block = max(1, BLOCK_TOKENS // max_length)
+    blocks = ((first, min(plan.rows, first + block)) for first in range(0, plan.rows, block))
+    state = {"plan": plan, "writer": writer, "store": store, "offsets": offsets, "lengths": lengths,
+             "max_length": max_length, "pad_id": pad_id}
+    with _processes(num_proc, state) as run, \
+            tqdm(total=plan.rows, desc=f"write {folder.name} rows", unit=" rows", file=sys.stderr, mininterval=_refresh()) as bar:
+        for (first, last), _ in run(_write_block, blocks):
+            bar.update(last - first)
+    return packing_stats(lengths, trained, plan.rows, max_length)
+
+
+def _write_block(rows: tuple[int, int]) -> None:
+    """In a process: rows first..last-1 of the split's plan, built from the token store and written."""
+    first, last = rows
+    plan, store, offsets, lengths = _STATE["plan"], _STATE["store"], _STATE["offsets"], _STATE["lengths"]
 
     def read(members):
         return store.read(offsets[members], lengths[members])
 
-    with tqdm(total=plan.rows, desc=f"write {folder.name} rows", unit=" rows", file=sys.stderr,
-              mininterval=_refresh()) as bar:
-        for first in range(0, plan.rows, block):
-            last = min(plan.rows, first + block)
-            writer.write(build_rows(plan, first, last, read, lengths, max_length, pad_id))
-            bar.update(last - first)
-    writer.close()
-    return packing_stats(lengths, trained, plan.rows, max_length)
+    _STATE["writer"].write(first, build_rows(plan, first, last, read, lengths, _STATE["max_length"], _STATE["pad_id"]))
 
 
 def held_out_prompt(example: dict) -> dict:

@@ -2,7 +2,7 @@
 
 `prepare` streams every tokenized example into a `TokenStore` (two flat int32 files, ids and
 labels, appended chunk by chunk), packs from the lengths alone, then writes each split's rows
-with a `RowWriter` a block at a time, reading just that block's examples back. `load_rows` maps them back as torch tensors: the
+with a `RowWriter` a block at a time (blocks in parallel), reading just that block's examples back. `load_rows` maps them back as torch tensors: the
 operating system reads the rows a batch touches, so a prepared set larger than RAM trains.
 
 A prepared folder holds, per split (train/, val/), int32 `.npy` files:
@@ -43,6 +43,7 @@ class TokenStore:
         """Finish writing; (lengths, offsets) of every example, in the order appended."""
         for file in self._files.values():
             file.close()
+        self._files = {}
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int32)
         self._lengths = []
         offsets = np.cumsum(lengths, dtype=np.int64) - lengths
@@ -71,25 +72,34 @@ class TokenStore:
 
 
 class RowWriter:
-    """Writes `rows` packed rows of one split into `folder`, a block of rows at a time."""
+    """The row files of one split, `rows` rows of `max_length` tokens: laid out (at their full
+    size) when made, then written a block of rows at a time, each at its own place, so that
+    blocks may be written in any order and by any process."""
 
     def __init__(self, folder: Path, rows: int, max_length: int):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.files = {}
+        self.row_bytes = {name: 4 if name == "real_tokens" else 4 * max_length for name in COLUMNS}
+        self.data_start = {}  # where row 0 starts in each file, after the .npy header
         for name in COLUMNS:
             shape = (rows,) if name == "real_tokens" else (rows, max_length)
-            file = (self.folder / f"{name}.npy").open("wb")
-            np.lib.format.write_array_header_1_0(file, {"descr": "<i4", "fortran_order": False, "shape": shape})
-            self.files[name] = file
+            with (self.folder / f"{name}.npy").open("wb") as file:
+                np.lib.format.write_array_header_1_0(file, {"descr": "<i4", "fortran_order": False, "shape": shape})
+                self.data_start[name] = file.tell()
+                file.truncate(file.tell() + rows * self.row_bytes[name])
 
-    def write(self, block: dict[str, np.ndarray]) -> None:
-        for name, file in self.files.items():
-            file.write(np.ascontiguousarray(block[name], dtype="<i4").tobytes())
-
-    def close(self) -> None:
-        for file in self.files.values():
-            file.close()
+    def write(self, first_row: int, block: dict[str, np.ndarray]) -> None:
+        """Rows first_row.. of each column (COLUMNS), written in place."""
+        for name in COLUMNS:
+            data = memoryview(np.ascontiguousarray(block[name], dtype="<i4").tobytes())
+            at = self.data_start[name] + first_row * self.row_bytes[name]
+            fd = os.open(self.folder / f"{name}.npy", os.O_WRONLY)
+            try:
+                while data:  # a write may be short; the rest goes after it
+                    written = os.pwrite(fd, data, at)
+                    data, at = data[written:], at + written
+            finally:
+                os.close(fd)
 
 
 def load_rows(folder: str | Path) -> dict[str, torch.Tensor]:
