@@ -126,6 +126,20 @@ def test_num_proc_does_not_change_a_byte(make_params, tokenizer, tmp_path, monke
     assert outputs[1] == outputs[2]
 
 
+def test_spawned_processes_write_the_same_bytes_as_one_process(make_params, tokenizer, tmp_path, monkeypatch):
+    """macOS and Windows spawn processes rather than fork them: each gets its state pickled."""
+    monkeypatch.setattr(prepare_stage, "CHUNK", 64)  # several runs of lines to check and tokenize
+    monkeypatch.setattr(prepare_stage, "BLOCK_TOKENS", 16 * 1024)  # several blocks of rows to write
+    outputs = {}
+    for method, num_proc in (("fork", 1), ("spawn", 2)):
+        monkeypatch.setattr(prepare_stage, "START_METHOD", method)
+        params = make_params(f"data.num_proc={num_proc}", f"data.prepared_dir={tmp_path / method}")
+        data.prepare(params, tokenizer, **quiet)
+        folder = Path(params.data.prepared_dir)
+        outputs[method] = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    assert len(outputs["spawn"]) == 10 and outputs["spawn"] == outputs["fork"]
+
+
 def test_a_record_that_cannot_be_encoded_is_named_by_its_line_and_nothing_is_written(make_params, tokenizer, tmp_path, monkeypatch):
     """The error is raised in a tokenizing process; the stage names the record's file:line."""
     monkeypatch.setattr(prepare_stage, "CHUNK", 8)

@@ -35,6 +35,10 @@ from .shapes import Examples, Part, read_examples
 from .store import RowWriter, TokenStore, load_rows
 
 CHUNK = 256  # records per task a process checks or encodes
+# Forked processes start at once and inherit their state; spawned ones (macOS, Windows) import
+# the package and get it pickled, once per process: seconds, so they are started only where
+# there are several tasks to share.
+START_METHOD = "fork" if sys.platform == "linux" else "spawn"
 BLOCK_TOKENS = 1 << 21  # row slots built and written at a time (a few tens of MB of buffers)
 
 
@@ -117,8 +121,7 @@ def _processes(num_proc: int, state: dict):
     # Each process encodes one example at a time; the tokenizer's own threads would only
     # compete with them (and a fork after they ran prints a warning).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Forked processes start at once and inherit the state; elsewhere it is pickled once per process.
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    context = multiprocessing.get_context(START_METHOD)
     pool = ProcessPoolExecutor(num_proc, mp_context=context, initializer=_start_worker, initargs=(state,))
     try:
         # Start them now, before a progress bar starts its thread: a process that forks
@@ -160,11 +163,13 @@ def _check(examples: Examples, num_proc: int) -> list[tuple[Part, int]]:
     record count. JSON Lines files are checked on `num_proc` processes, a run of lines each;
     other sources here, one record at a time. The first bad record in file order stops it."""
     checked: list[tuple[Part, int]] = []
-    with _processes(num_proc, {"examples": examples}) as run, \
+    parts = list(examples.parts(CHUNK))  # one small object per CHUNK lines
+    runs = sum(part.lines is not None for part in parts)
+    with _processes(min(num_proc, runs), {"examples": examples}) as run, \
             tqdm(desc="check records", unit=" records", file=sys.stderr, mininterval=_refresh()) as bar:
-        for whole, parts in groupby(examples.parts(CHUNK), key=lambda part: part.lines is None):
+        for whole, group in groupby(parts, key=lambda part: part.lines is None):
             if whole:
-                for part in parts:
+                for part in group:
                     count = 0
                     for _ in examples.part_examples(part):
                         count += 1
@@ -173,7 +178,7 @@ def _check(examples: Examples, num_proc: int) -> list[tuple[Part, int]]:
                     bar.update(count % 4096)
                     checked.append((part, count))
                 continue
-            for part, (count, error) in run(_check_part, parts):
+            for part, (count, error) in run(_check_part, group):
                 if error is not None:
                     raise DataError(error)
                 if count:
@@ -345,7 +350,8 @@ def _tokenize(params, tokenizer, store: TokenStore, examples: Examples, checked:
     trained = []
     smallest: list[tuple[int, int, dict]] = []  # (-key, position, prompt): a max-heap of eval.generations keys
     total = sum(count for _, count in checked)
-    with _processes(num_processes(cfg.num_proc), state) as run, \
+    tasks = sum(1 if part.lines else -(-count // CHUNK) for part, count in checked)
+    with _processes(min(num_processes(cfg.num_proc), tasks), state) as run, \
             tqdm(desc="tokenize", total=total, unit=" examples", file=sys.stderr, mininterval=_refresh()) as bar:
         for (_, count, _), result in run(_encode_task, _tasks(examples, checked)):
             if isinstance(result, str):
@@ -368,10 +374,10 @@ def _write_split(folder: Path, store: TokenStore, offsets, lengths, trained, max
     plan = plan_rows(lengths, max_length)
     writer = RowWriter(folder, plan.rows, max_length)
     block = max(1, BLOCK_TOKENS // max_length)
-    blocks = ((first, min(plan.rows, first + block)) for first in range(0, plan.rows, block))
+    blocks = [(first, min(plan.rows, first + block)) for first in range(0, plan.rows, block)]
     state = {"plan": plan, "writer": writer, "store": store, "offsets": offsets, "lengths": lengths,
              "max_length": max_length, "pad_id": pad_id}
-    with _processes(num_proc, state) as run, \
+    with _processes(min(num_proc, len(blocks)), state) as run, \
             tqdm(total=plan.rows, desc=f"write {folder.name} rows", unit=" rows", file=sys.stderr, mininterval=_refresh()) as bar:
         for (first, last), _ in run(_write_block, blocks):
             bar.update(last - first)
