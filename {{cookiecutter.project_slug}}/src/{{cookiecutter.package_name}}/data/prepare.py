@@ -14,7 +14,6 @@ The output folder appears whole or not at all; the rows are identical whatever `
 
 from __future__ import annotations
 
-import heapq
 import json
 import os
 import signal
@@ -194,18 +193,18 @@ def _check(examples: Examples, num_proc: int) -> list[tuple[Part, int]]:
 
 def _encode_task(task: tuple[int, int, Part | tuple[list, list]]):
     """In a process: one task's examples encoded, flat, as (lengths, trained, ids, labels,
-    held-out candidates); or, for the first record that cannot be read or encoded, its
+    held-out prompts); or, for the first record that cannot be read or encoded, its
     `file:line: what`.
 
-    A task is (position of its first record, records expected, what to read): a part, read
-    here, or (wheres, examples) read by the main process. `trained`: per example, its trained
-    tokens after the first (packing never trains the first). The candidates are the task's
-    `eval.generations` records of smallest split key, as (key, position, held-out prompt).
+    A task is (position of its first record, records expected, what to read, positions of the
+    held-out prompts among them): a part, read here, or (wheres, examples) read by the main
+    process. `trained`: per example, its trained tokens after the first (packing never trains
+    the first). The prompts: {position: held-out prompt} of the positions asked for.
     """
-    first, expected, what = task
+    first, expected, what, wanted = task
     records = iter(zip(*what, strict=True) if isinstance(what, tuple) else _STATE["examples"].part_examples(what))
     tokenizer, train_on, source = _STATE["tokenizer"], _STATE["train_on"], _STATE["template_source"]
-    lengths, ids, labels, examples = [], [], [], []
+    lengths, ids, labels, prompts = [], [], [], {}
     while True:
         try:
             where, example = next(records)
@@ -222,33 +221,37 @@ def _encode_task(task: tuple[int, int, Part | tuple[list, list]]):
         lengths.append(len(example_ids))
         ids.extend(example_ids)
         labels.extend(example_labels)
-        examples.append(example)
-    if len(examples) != expected:
-        return f"{what.source.label}: changed while being prepared ({expected} records, then {len(examples)}); run `prepare` again"
+        if first + len(lengths) - 1 in wanted:
+            prompts[first + len(lengths) - 1] = held_out_prompt(example)
+    if len(lengths) != expected:
+        return f"{what.source.label}: changed while being prepared ({expected} records, then {len(lengths)}); run `prepare` again"
     lengths = np.array(lengths, dtype=np.int32)
     labels = np.array(labels, dtype=np.int32)
     is_trained = labels != IGNORE
     is_trained[(np.cumsum(lengths) - lengths)[lengths > 0]] = False
     example_of = np.repeat(np.arange(len(lengths)), lengths)
     trained = np.bincount(example_of, weights=is_trained, minlength=len(lengths)).astype(np.int32)
-    keys = _split_keys(np.arange(first, first + len(examples)), _STATE["seed"])
-    smallest = np.argsort(keys, kind="stable")[: _STATE["generations"]].tolist()
-    candidates = [(int(keys[k]), first + k, held_out_prompt(examples[k])) for k in smallest]
-    return lengths, trained, np.array(ids, dtype=np.int32), labels, candidates
+    return lengths, trained, np.array(ids, dtype=np.int32), labels, prompts
 
 
-def _tasks(examples: Examples, checked: list[tuple[Part, int]]):
+def _tasks(examples: Examples, checked: list[tuple[Part, int]], wanted: np.ndarray):
     """The tokenizing tasks of the checked parts, in order: a JSON Lines part is read by the
-    process that encodes it; other sources are read here, CHUNK examples at a time."""
+    process that encodes it; other sources are read here, CHUNK examples at a time. Each task
+    is told which of its records' held-out prompts to keep (`wanted`: sorted positions)."""
+
+    def among(first: int, count: int) -> frozenset:
+        return frozenset(wanted[np.searchsorted(wanted, first) : np.searchsorted(wanted, first + count)].tolist())
+
     first = 0
     for part, count in checked:
         if part.lines is not None:
-            yield first, count, part
+            yield first, count, part, among(first, count)
         else:
             read = 0
             iterator = examples.part_examples(part)
             while chunk := list(islice(iterator, CHUNK)):
-                yield first + read, len(chunk), ([where for where, _ in chunk], [example for _, example in chunk])
+                where, example = [where for where, _ in chunk], [example for _, example in chunk]
+                yield first + read, len(chunk), (where, example), among(first + read, len(chunk))
                 read += len(chunk)
             if read != count:
                 raise DataError(f"{part.source.label}: changed while being prepared ({count} records, then {read}); run `prepare` again")
@@ -345,27 +348,26 @@ def _tokenize(params, tokenizer, store: TokenStore, examples: Examples, checked:
     records with the smallest split keys (the first validation records, once they are counted).
     """
     cfg = params.data
-    state = {"examples": examples, "tokenizer": tokenizer, "train_on": cfg.train_on, "template_source": params.model.base,
-             "seed": cfg.seed, "generations": params.eval.generations}
-    trained = []
-    smallest: list[tuple[int, int, dict]] = []  # (-key, position, prompt): a max-heap of eval.generations keys
+    state = {"examples": examples, "tokenizer": tokenizer, "train_on": cfg.train_on, "template_source": params.model.base}
     total = sum(count for _, count in checked)
+    # The held-out prompts are the records of smallest split keys, known from the count alone.
+    keys = _split_keys(np.arange(total), cfg.seed)
+    k = min(params.eval.generations, total)
+    chosen = np.argpartition(keys, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
+    wanted = chosen[np.argsort(keys[chosen])]  # in key order: the validation records' order
+    trained, prompts = [], {}
     tasks = sum(1 if part.lines else -(-count // CHUNK) for part, count in checked)
     with _processes(min(num_processes(cfg.num_proc), tasks), state) as run, \
             tqdm(desc="tokenize", total=total, unit=" examples", file=sys.stderr, mininterval=_refresh()) as bar:
-        for (_, count, _), result in run(_encode_task, _tasks(examples, checked)):
+        for (_, count, _, _), result in run(_encode_task, _tasks(examples, checked, np.sort(wanted))):
             if isinstance(result, str):
                 raise DataError(result)
-            lengths, chunk_trained, ids, labels, candidates = result
+            lengths, chunk_trained, ids, labels, chunk_prompts = result
             store.append(ids, labels, lengths)
             trained.append(chunk_trained)
-            for key, position, prompt in candidates:
-                if len(smallest) < params.eval.generations:
-                    heapq.heappush(smallest, (-key, position, prompt))
-                elif smallest and -key > smallest[0][0]:
-                    heapq.heapreplace(smallest, (-key, position, prompt))
+            prompts.update(chunk_prompts)
             bar.update(count)
-    return np.concatenate(trained), [prompt for _, _, prompt in sorted(smallest, reverse=True)]
+    return np.concatenate(trained), [prompts[position] for position in wanted.tolist()]
 
 
 def _write_split(folder: Path, store: TokenStore, offsets, lengths, trained, max_length: int, pad_id: int, num_proc: int) -> dict:
