@@ -242,12 +242,15 @@ def test_three_variants_run_here_into_one_mlflow_server(tmp_path, prices, tiny_m
 
 FAKE_SKY = r'''
 import json, os, sys, time
+
+argv = sys.argv[1:]
+# Started: noted before the slow imports, so that two jobs launched together start together
+# even on a loaded machine.
+with open(os.environ["SKY_LOG"], "a") as f:
+    f.write(json.dumps({"argv": argv, "start": time.time()}) + "\n")
 import yaml
 from mlflow import MlflowClient
 
-argv = sys.argv[1:]
-with open(os.environ["SKY_LOG"], "a") as f:
-    f.write(json.dumps({"argv": argv, "start": time.time()}) + "\n")
 if argv[:2] == ["jobs", "launch"]:
     # What the job would do, in short: one MLflow run with the task's tags, its cost and eval loss.
     envs = yaml.safe_load(open(argv[-1]))["envs"]
