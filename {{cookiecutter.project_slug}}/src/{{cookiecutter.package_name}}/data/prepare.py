@@ -191,7 +191,7 @@ def _check(examples: Examples, num_proc: int) -> list[tuple[Part, int]]:
 
 # ------------------------------------------------------------------ tokenize
 
-def _encode_task(task: tuple[int, int, Part | tuple[list, list]]):
+def _encode_task(task: tuple[int, int, Part | tuple[list, list], frozenset]):
     """In a process: one task's examples encoded, flat, as (lengths, trained, ids, labels,
     held-out prompts); or, for the first record that cannot be read or encoded, its
     `file:line: what`.
@@ -356,7 +356,7 @@ def _tokenize(params, tokenizer, store: TokenStore, examples: Examples, checked:
     chosen = np.argpartition(keys, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
     wanted = chosen[np.argsort(keys[chosen])]  # in key order: the validation records' order
     trained, prompts = [], {}
-    tasks = sum(1 if part.lines else -(-count // CHUNK) for part, count in checked)
+    tasks = sum(1 if part.lines is not None else -(-count // CHUNK) for part, count in checked)
     with _processes(min(num_processes(cfg.num_proc), tasks), state) as run, \
             tqdm(desc="tokenize", total=total, unit=" examples", file=sys.stderr, mininterval=_refresh()) as bar:
         for (_, count, _, _), result in run(_encode_task, _tasks(examples, checked, np.sort(wanted))):

@@ -138,9 +138,7 @@ class Examples:
         records = part.source.records() if part.lines is None else part.source.line_records(*part.lines)
         for where, record in records:
             if shape is None:
-                shape = detect(record)
-                if shape is None:
-                    raise DataError(f"{where}: {_unknown_shape(record)}")
+                shape = _shape_of(where, record)
             self.shapes.setdefault(part.source.label, shape)
             yield where, _normalise_at(where, record, shape, self.format)
 
@@ -148,10 +146,7 @@ class Examples:
     def _first_shape(source: readers.Source) -> str | None:
         """The shape of a source's first record (None when it has none)."""
         for where, record in source.records():
-            shape = detect(record)
-            if shape is None:
-                raise DataError(f"{where}: {_unknown_shape(record)}")
-            return shape
+            return _shape_of(where, record)
         return None
 
     def count(self) -> int:
@@ -187,6 +182,14 @@ def normalise(record: object, fmt: str) -> dict:
         return _NORMALISERS[fmt](_object(record))
     except _Bad as problem:
         raise DataError(str(problem)) from None
+
+
+def _shape_of(where: str, record: object) -> str:
+    """The shape of a file's first record, which all its records must have."""
+    shape = detect(record)
+    if shape is None:
+        raise DataError(f"{where}: {_unknown_shape(record)}")
+    return shape
 
 
 def _normalise_at(where: str, record: object, shape: str, fmt: str) -> dict:
