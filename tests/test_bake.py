@@ -554,7 +554,7 @@ def test_sky_task_files_pass_our_validator_and_skypilots_parser(tmp_path, answer
     assert len(tasks) == 2
     assert os.environ.get("SKY_PYTHON"), "SKY_PYTHON is not set: run the tests through `make test`"
     result = subprocess.run(
-        [sys.executable, "-m", "sky_bake.skytask", *tasks], cwd=project, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "sky_bake.compute.skytask", *tasks], cwd=project, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(project / "src")},
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -151,7 +151,7 @@ def run_cli(*args: str, cwd: Path = PROJECT, **env: str) -> subprocess.Completed
 @pytest.fixture(scope="session")
 def sky_python() -> Path:
     """The python of SkyPilot's own virtualenv (its pins clash with this project's)."""
-    from {{ cookiecutter.package_name }} import skytask
+    from {{ cookiecutter.package_name }}.compute import skytask
 
     try:
         return skytask.find_sky_python(PROJECT)

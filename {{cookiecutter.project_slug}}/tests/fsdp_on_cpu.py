@@ -31,8 +31,8 @@ accelerate.state.AcceleratorState.__init__ = init_with_fsdp_on_cpu
 if __name__ == "__main__":
     import os
 
-    from {{ cookiecutter.package_name }} import loss
     from {{ cookiecutter.package_name }}.cli import main
+    from {{ cookiecutter.package_name }}.model import loss
 
     # Chunks small enough that the tiny model's loss runs in several (tests/test_memory.py).
     loss.CHUNK_LOGITS_BYTES = int(os.environ.get("TEST_LOSS_CHUNK_BYTES", loss.CHUNK_LOGITS_BYTES))

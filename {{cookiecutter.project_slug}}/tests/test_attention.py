@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from {{ cookiecutter.package_name }} import attention, data, modeling
-from {{ cookiecutter.package_name }}.batch import to_device
+from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.config import ConfigError
+from {{ cookiecutter.package_name }}.model import attention, loading
+from {{ cookiecutter.package_name }}.model.batch import to_device
 
 
 def reference_varlen_attn(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
@@ -110,7 +111,7 @@ def test_varlen_attention_says_what_it_cannot_do():
 
 
 def test_varlen_is_refused_where_flash_attention_cannot_run(tiny_model_dir, make_params):
-    model = modeling.load_base_model(make_params("model.attn_implementation=varlen"), torch.device("cpu"))
+    model = loading.load_base_model(make_params("model.attn_implementation=varlen"), torch.device("cpu"))
     assert model.config._attn_implementation == "sdpa"  # loads with SDPA: evaluation and generation keep it
     with pytest.raises(ConfigError, match="runs on CUDA GPUs only"):
         attention.use_varlen(model, torch.device("cpu"), torch.float32)

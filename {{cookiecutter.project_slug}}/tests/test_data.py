@@ -3,12 +3,13 @@ import json
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }} import data, modeling
+from {{ cookiecutter.package_name }} import data
+from {{ cookiecutter.package_name }}.model import loading
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    return modeling.load_tokenizer(str(tiny_model_dir))
+    return loading.load_tokenizer(str(tiny_model_dir))
 
 
 def test_packing_fills_rows_and_masks_example_starts():

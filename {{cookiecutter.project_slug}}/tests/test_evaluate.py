@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }} import data, modeling
+from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.config import ConfigError, JudgeParams
 from {{ cookiecutter.package_name }}.evaluate import compare, harness, judge, metrics
 from {{ cookiecutter.package_name }}.evaluate.answers import validation_scores
 from {{ cookiecutter.package_name }}.evaluate.stage import evaluate
+from {{ cookiecutter.package_name }}.model import loading
 from {{ cookiecutter.package_name }}.train import train
 
 from conftest import run_cli, smoke_params
@@ -138,7 +139,7 @@ def test_per_example_losses_add_up_to_the_models_own_loss(make_params):
     params = make_params()
     data.prepare(params, **quiet)
     rows = data.load_prepared(params.data.prepared_dir, "val")
-    model = modeling.load_base_model(params, torch.device("cpu")).eval()
+    model = loading.load_base_model(params, torch.device("cpu")).eval()
     per_example = validation_scores(model, rows, 4, torch.device("cpu"))
     first = {key: rows[key][:4].long() for key in ("input_ids", "labels", "position_ids")}
     with torch.no_grad():  # num_items_in_batch=1: the model's summed loss over every trained token
@@ -286,7 +287,7 @@ def local_task(tmp_path_factory):
 
 
 def test_harness_task_accuracy_is_what_the_models_loglikelihoods_say(tiny_model_dir, local_task):
-    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    tokenizer = loading.load_tokenizer(str(tiny_model_dir))
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()

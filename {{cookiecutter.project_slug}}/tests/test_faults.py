@@ -17,8 +17,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from {{ cookiecutter.package_name }} import checkpoints, cli, data
+from {{ cookiecutter.package_name }} import cli, data
 from {{ cookiecutter.package_name }}.tracking import QUARANTINE, Spool
+from {{ cookiecutter.package_name }}.train import checkpoints
 
 from conftest import PROJECT, cli_overrides, smoke_params
 

@@ -23,8 +23,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from {{ cookiecutter.package_name }} import launch, skytask
 from {{ cookiecutter.package_name }}.cli import smoke_overrides
+from {{ cookiecutter.package_name }}.compute import launch, skytask
 from {{ cookiecutter.package_name }}.config import ConfigError, load_params
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def launch_process(*argv: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", f"{PACKAGE}.launch", *argv],
+        [sys.executable, "-m", f"{PACKAGE}.compute.launch", *argv],
         cwd=PROJECT, capture_output=True, text=True, timeout=300, env={**os.environ, **env},
     )
 
@@ -343,7 +343,7 @@ def local_launch(tmp_path, tiny_model_dir, sample_data, steps: int, *launch_args
     sets = [*smoke_overrides(load_params(PARAMS)), f"model.base={tiny_model_dir}", f"data.path={sample_data}",
             f"data.prepared_dir={tmp_path / 'prepared'}", f"train.max_steps={steps}", "checkpoint.every_steps=2",
             "eval.generations=0"]
-    argv = [sys.executable, "-m", f"{PACKAGE}.launch", "--backend", "local", "--checkpoint-root", str(root),
+    argv = [sys.executable, "-m", f"{PACKAGE}.compute.launch", "--backend", "local", "--checkpoint-root", str(root),
             "--task-id", task_id, "--env", f"MLFLOW_TRACKING_URI=sqlite:///{tmp_path / 'mlflow.db'}", *launch_args,
             *[arg for s in sets for arg in ("--set", s)]]
     env = {**os.environ, "TRAIN_SAMPLE_LOG": str(tmp_path / "samples.log"), "CUDA_VISIBLE_DEVICES": ""}

@@ -10,9 +10,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from {{ cookiecutter.package_name }} import attention, data, loss, modeling, offload, plan
+from {{ cookiecutter.package_name }} import data
+from {{ cookiecutter.package_name }}.compute import plan
 from {{ cookiecutter.package_name }}.config import ConfigError
-from {{ cookiecutter.package_name }}.fit import choose_micro_batch
+from {{ cookiecutter.package_name }}.model import attention, loading, loss, offload
+from {{ cookiecutter.package_name }}.model.fit import choose_micro_batch
 
 MIB = 2**20
 quiet = {"log": lambda *_: None}
@@ -76,11 +78,11 @@ def test_chunked_loss_equals_the_plain_loss_with_adapters(make_params, method):
     cpu = torch.device("cpu")
     results = []
     for chunked in (False, True):
-        base = modeling.load_base_model(params, cpu)
+        base = loading.load_base_model(params, cpu)
         if chunked:
             assert loss.use_chunked_loss(base, chunk=7)
         torch.manual_seed(0)
-        model = modeling.add_adapter(base, params)
+        model = loading.add_adapter(base, params)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "lora_B" in name:
@@ -206,7 +208,7 @@ def test_offloading_changes_where_inputs_wait_not_the_update(make_params, monkey
     runs = {}
     for mode in ("none", "checkpointed", "offloaded"):
         torch.manual_seed(0)
-        model = modeling.add_adapter(modeling.load_base_model(params, cpu), params)
+        model = loading.add_adapter(loading.load_base_model(params, cpu), params)
         batch["input_ids"] = batch["input_ids"] % model.config.vocab_size
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -214,7 +216,7 @@ def test_offloading_changes_where_inputs_wait_not_the_update(make_params, monkey
                     p.normal_(0, 0.05)
         copies = []
         if mode != "none":
-            modeling.checkpoint_layers(model, model.config.num_hidden_layers)
+            loading.checkpoint_layers(model, model.config.num_hidden_layers)
         if mode == "offloaded":
             assert offload.offload_layer_inputs(model, cpu, tile=16) == model.config.num_hidden_layers
 
@@ -232,7 +234,7 @@ def test_offloading_changes_where_inputs_wait_not_the_update(make_params, monkey
             assert sum(copies) == plan.estimate_memory(shape, setup).host_offloaded
             assert len(copies) == config.num_hidden_layers
             assert offload.offload_layer_inputs(model, cpu, on=False) == 0  # and back
-            assert not any(getattr(layer._gradient_checkpointing_func, "offloads", False) for layer in modeling.decoder_layers(model))
+            assert not any(getattr(layer._gradient_checkpointing_func, "offloads", False) for layer in loading.decoder_layers(model))
     assert_same_update(runs["none"], runs["checkpointed"])
     assert_same_update(runs["none"], runs["offloaded"])
 
@@ -240,9 +242,9 @@ def test_offloading_changes_where_inputs_wait_not_the_update(make_params, monkey
 def test_offload_activations_true_checkpoints_and_offloads_every_layer(make_params):
     params = make_params("train.offload_activations=true", "train.gradient_checkpointing=auto")
     cpu = torch.device("cpu")
-    model = modeling.add_adapter(modeling.load_base_model(params, cpu), params)
+    model = loading.add_adapter(loading.load_base_model(params, cpu), params)
     assert choose_micro_batch(model, None, params, per_process=8, device=cpu, sharded=False) == (4, 2, True)
-    assert all(layer.gradient_checkpointing and layer._gradient_checkpointing_func.offloads for layer in modeling.decoder_layers(model))
+    assert all(layer.gradient_checkpointing and layer._gradient_checkpointing_func.offloads for layer in loading.decoder_layers(model))
     with pytest.raises(ConfigError, match="offload_activations=true needs gradient_checkpointing"):
         make_params("train.offload_activations=true", "train.gradient_checkpointing=false")
 
@@ -254,7 +256,7 @@ def test_long_rows_never_get_a_mask_on_a_gpu(make_params):
     assert attention.planned("auto", 4096) == "sdpa"
     assert attention.planned("auto", attention.LONG_ROW_TOKENS + 1) == attention.VARLEN
     assert attention.planned("flash_attention_2", 100_000) == "flash_attention_2"
-    model = modeling.load_base_model(make_params(), torch.device("cpu"))  # loaded with sdpa
+    model = loading.load_base_model(make_params(), torch.device("cpu"))  # loaded with sdpa
     gpu = torch.device("cuda")  # only compared, never used
     assert attention.for_long_rows(model, "auto", 100_000, gpu)
     assert not attention.for_long_rows(model, "auto", 4096, gpu)

@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from {{ cookiecutter.package_name }} import perf, plan
+from {{ cookiecutter.package_name }}.compute import plan
 from {{ cookiecutter.package_name }}.config import ConfigError
+from {{ cookiecutter.package_name }}.model import flops
 
 PROJECT = Path(__file__).resolve().parents[1]
 PARAMS = PROJECT / "params.yaml"
@@ -192,7 +193,7 @@ def test_local_config_shape_and_flops_agree_with_the_loaded_model(tiny_model_dir
     assert shape.source.endswith("config.json")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert shape.total_params == sum(p.numel() for p in model.parameters())
-    assert shape.matmul_params == perf.matmul_parameters(model)  # the trainer's MFU counts the same FLOPs
+    assert shape.matmul_params == flops.matmul_parameters(model)  # the trainer's MFU counts the same FLOPs
 
 
 def test_hub_id_falls_back_to_the_builtin_table_offline():
@@ -214,7 +215,7 @@ def test_run_flops_use_perf_and_the_prepared_dataset(make_params):
     shape = plan.load_model_shape(params.model.base)
     work = plan.run_workload(shape, params, plan.dataset_summary(params))
     context = summary["train"]["mean_context"]
-    assert work["flops_per_token"] == perf.flops_per_token(shape.matmul_params, shape.layers, shape.hidden, context)
+    assert work["flops_per_token"] == flops.flops_per_token(shape.matmul_params, shape.layers, shape.hidden, context)
     assert work["tokens"] == 30 * 8 * params.data.max_length
     assert work["dataset"]["epochs"] == round(30 * 8 / summary["train"]["rows"], 2)
     # A summary prepared for another row length is stale: ignored.
@@ -456,7 +457,7 @@ def test_owned_card_that_cannot_hold_the_run(make_params, catalog):
 
 
 def test_estimate_for_the_gpu_a_run_got_matches_the_plan(make_params):
-    from {{ cookiecutter.package_name }}.plan import estimate_for_gpu, make_plan
+    from {{ cookiecutter.package_name }}.compute.plan import estimate_for_gpu, make_plan
 
     params = make_params()
     estimate = estimate_for_gpu(params, "L4", hourly_usd=0.5)

@@ -21,7 +21,8 @@ import psutil
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }} import data, modeling
+from {{ cookiecutter.package_name }} import data
+from {{ cookiecutter.package_name }}.model import loading
 
 prepare_stage = importlib.import_module("{{ cookiecutter.package_name }}.data.prepare")  # the module, not the function
 
@@ -31,7 +32,7 @@ quiet = {"log": lambda *_: None}
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    tokenizer = loading.load_tokenizer(str(tiny_model_dir))
     data.ensure_chat_template(tokenizer)
     return tokenizer
 

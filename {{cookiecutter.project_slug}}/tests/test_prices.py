@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.package_name }} import plan, prices
+from {{ cookiecutter.package_name }}.compute import plan, prices
 
 # SkyPilot's vms.csv columns, in the order its AWS fetcher writes them (GpuInfo is a quoted
 # dict with commas inside: the reason to read these files with the csv module).

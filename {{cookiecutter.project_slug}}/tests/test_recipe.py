@@ -8,11 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from {{ cookiecutter.package_name }} import data, modeling, perf
+from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.config import ConfigError
 from {{ cookiecutter.package_name }}.evaluate import evaluate
-from {{ cookiecutter.package_name }}.fit import choose_micro_batch, largest_that_fits
 from {{ cookiecutter.package_name }}.merge import merge
+from {{ cookiecutter.package_name }}.model import flops, loading
+from {{ cookiecutter.package_name }}.model.fit import choose_micro_batch, largest_that_fits
 from {{ cookiecutter.package_name }}.train import train
 
 from conftest import PROJECT, cli_overrides
@@ -31,7 +32,7 @@ def test_qlora_trains_a_4bit_base_on_cpu(make_params):
     adapter = train(params, **quiet)
     curve = losses(params)
     assert curve[-1] < curve[0] - 0.2, curve
-    model = modeling.load_trained(params, adapter, torch.device("cpu"))
+    model = loading.load_trained(params, adapter, torch.device("cpu"))
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
 
 
@@ -185,12 +186,12 @@ def test_merged_model_gives_the_adapter_logits_and_generations_are_saved(make_pa
 
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     assert not any("lora" in name for name, _ in merged.named_parameters())
-    with_adapter = modeling.load_trained(params, adapter, torch.device("cpu"))
+    with_adapter = loading.load_trained(params, adapter, torch.device("cpu"))
     ids = data.load_prepared(params.data.prepared_dir, "val")["input_ids"][:2].long()
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, with_adapter(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
         # The adapter changed the model: the merge is not a no-op.
-        base = modeling.load_base_model(params, torch.device("cpu"))
+        base = loading.load_base_model(params, torch.device("cpu"))
         assert (base(input_ids=ids).logits - merged(input_ids=ids).logits).abs().max() > 1e-3
 
 
@@ -213,12 +214,12 @@ def test_the_micro_batch_probe_backs_off_and_checkpoints_as_few_layers_as_will_d
 
     def probe(most_rows: dict, checkpointing="auto", candidates=(8, 4, 2, 1), offload=False):
         """most_rows: checkpointed layers (\"offload\": all, inputs in host RAM) -> the most rows that fit."""
-        model = modeling.add_adapter(modeling.load_base_model(params, cpu), params)
+        model = loading.add_adapter(loading.load_base_model(params, cpu), params)
         tried = []
 
         def memory_limit(module, args, kwargs):
             n = kwargs["input_ids"].shape[0]
-            layers = modeling.decoder_layers(model)
+            layers = loading.decoder_layers(model)
             checkpointed = sum(layer.gradient_checkpointing for layer in layers)
             if any(getattr(layer._gradient_checkpointing_func, "offloads", False) for layer in layers if checkpointed):
                 checkpointed = "offload"
@@ -267,9 +268,9 @@ def test_checkpointing_some_layers_changes_memory_not_the_update(make_params):
     gradients, kept_bytes = [], []
     for checkpointed in (0, 1, 2):
         torch.manual_seed(0)
-        model = modeling.add_adapter(modeling.load_base_model(params, torch.device("cpu")), params)
-        modeling.checkpoint_layers(model, checkpointed)
-        assert [layer.gradient_checkpointing for layer in modeling.decoder_layers(model)] == [i < checkpointed for i in range(2)]
+        model = loading.add_adapter(loading.load_base_model(params, torch.device("cpu")), params)
+        loading.checkpoint_layers(model, checkpointed)
+        assert [layer.gradient_checkpointing for layer in loading.decoder_layers(model)] == [i < checkpointed for i in range(2)]
         model.train()
         kept = []  # what autograd keeps for backward, outside the checkpointed layers
 
@@ -289,31 +290,31 @@ def test_checkpointing_some_layers_changes_memory_not_the_update(make_params):
 
 
 def test_liger_kernels_are_never_claimed_where_they_cannot_run(make_params):
-    model = modeling.load_base_model(make_params(), torch.device("cpu"))
-    assert modeling.apply_liger_kernels(model, "auto", torch.device("cpu")) is False
-    assert modeling.apply_liger_kernels(model, False, torch.device("cuda")) is False
+    model = loading.load_base_model(make_params(), torch.device("cpu"))
+    assert loading.apply_liger_kernels(model, "auto", torch.device("cpu")) is False
+    assert loading.apply_liger_kernels(model, False, torch.device("cuda")) is False
     with pytest.raises(ConfigError, match="train.liger_kernels=true: Liger's Triton kernels need a GPU"):
-        modeling.apply_liger_kernels(model, True, torch.device("cpu"))
+        loading.apply_liger_kernels(model, True, torch.device("cpu"))
 
 
 def test_flops_per_token_follow_the_lora_convention():
     # 4N for a frozen base, plus causal attention 6 * layers * hidden * context.
-    assert perf.flops_per_token(n_matmul=1000, layers=2, hidden=8, context=10) == 4000 + 960
-    assert perf.peak_flops(torch.device("cpu")) is None
-    assert perf.peak_flops(torch.device("cpu"), override_tflops=100) == 100e12
+    assert flops.flops_per_token(n_matmul=1000, layers=2, hidden=8, context=10) == 4000 + 960
+    assert flops.peak_flops(torch.device("cpu")) is None
+    assert flops.peak_flops(torch.device("cpu"), override_tflops=100) == 100e12
 
 
 def test_attention_falls_back_when_the_fastest_is_unavailable(make_params, monkeypatch, capsys):
     # flash-attention is not installed on CPU test machines: auto mode moves on to SDPA.
-    monkeypatch.setattr(modeling, "attention_candidates", lambda requested, device: ["flash_attention_2", "sdpa"])
-    model = modeling.load_base_model(make_params(), torch.device("cpu"))
+    monkeypatch.setattr(loading, "attention_candidates", lambda requested, device: ["flash_attention_2", "sdpa"])
+    model = loading.load_base_model(make_params(), torch.device("cpu"))
     assert model.config._attn_implementation == "sdpa"
     assert "attention flash_attention_2 unavailable" in capsys.readouterr().out
 
 
 def test_an_explicit_attention_choice_is_not_silently_replaced(make_params):
     with pytest.raises((ImportError, ValueError)):
-        modeling.load_base_model(make_params("model.attn_implementation=flash_attention_2"), torch.device("cpu"))
+        loading.load_base_model(make_params("model.attn_implementation=flash_attention_2"), torch.device("cpu"))
 
 
 def test_bench_runs_the_trainer_on_a_model_shape_and_reports_a_record():

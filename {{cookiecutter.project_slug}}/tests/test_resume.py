@@ -19,7 +19,8 @@ import mlflow
 import pytest
 from safetensors.torch import load_file
 
-from {{ cookiecutter.package_name }} import checkpoints, data
+from {{ cookiecutter.package_name }} import data
+from {{ cookiecutter.package_name }}.train import checkpoints
 
 from conftest import PROJECT, cli_overrides, run_cli, smoke_params
 

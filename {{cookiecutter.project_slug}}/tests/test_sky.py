@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from {{ cookiecutter.package_name }} import skytask
+from {{ cookiecutter.package_name }}.compute import skytask
 
 PROJECT = Path(__file__).resolve().parents[1]
 TASK_FILES = sorted((PROJECT / "sky").glob("*.yaml"))

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from {{ cookiecutter.package_name }} import skytask, sweep
 from {{ cookiecutter.package_name }}.cli import smoke_overrides
+from {{ cookiecutter.package_name }}.compute import skytask, sweep
 from {{ cookiecutter.package_name }}.config import load_params
 
 from conftest import run_cli

@@ -1,7 +1,7 @@
 import subprocess
 
+from {{ cookiecutter.package_name }}.compute.cost import CostMeter
 from {{ cookiecutter.package_name }}.config import load_params
-from {{ cookiecutter.package_name }}.cost import CostMeter
 from {{ cookiecutter.package_name }}.tracking import run_tags, tracking_uri
 
 from conftest import PARAMS

@@ -6,8 +6,9 @@ import math
 import mlflow
 import pytest
 
-from {{ cookiecutter.package_name }} import data, modeling
+from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.evaluate import evaluate
+from {{ cookiecutter.package_name }}.model import loading
 from {{ cookiecutter.package_name }}.train import rows_for_step, train
 
 from conftest import smoke_params
@@ -39,7 +40,7 @@ def test_adapter_is_saved_in_peft_format_and_reloads(trained):
     assert (adapter / "tokenizer.json").is_file()
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["r"] == params.lora.r and config["peft_type"] == "LORA"
-    model = modeling.load_trained(params, adapter, modeling.resolve_device("cpu"))
+    model = loading.load_trained(params, adapter, loading.resolve_device("cpu"))
     assert any("lora_A" in name for name, _ in model.named_parameters())
 
 
@@ -49,7 +50,7 @@ def test_evaluate_writes_metrics_json(trained):
     assert written == metrics
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-3)
     # A trained adapter beats the random model's uniform guess over the vocabulary.
-    vocab = len(modeling.load_tokenizer(params.model.base))
+    vocab = len(loading.load_tokenizer(params.model.base))
     assert metrics["eval_loss"] < math.log(vocab) - 0.5
 
 

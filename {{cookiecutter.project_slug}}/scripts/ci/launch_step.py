@@ -72,7 +72,7 @@ def source() -> dict[str, str]:
 def job_name(task: str, where: dict[str, str]) -> str:
     from importlib import import_module
 
-    launch = import_module(f"{PACKAGE}.launch")
+    launch = import_module(f"{PACKAGE}.compute.launch")
     attempt = os.environ.get("GITHUB_RUN_ATTEMPT", "1")
     suffix = f"-a{attempt}" if attempt.isdigit() and attempt != "1" else ""
     task_name = (yaml.safe_load(Path(task).read_text(encoding="utf-8")) or {}).get("name") or "train"
@@ -124,7 +124,7 @@ def cancel(args) -> int:
         return 0
     from importlib import import_module
 
-    skytask = import_module(f"{PACKAGE}.skytask")
+    skytask = import_module(f"{PACKAGE}.compute.skytask")
     command = [*skytask.find_sky_cli(), "jobs", "cancel", "-y", "-n", launched["name"]]
     print(f"cancelling {launched['name']}", flush=True)
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=child_env())

@@ -24,8 +24,9 @@ import time
 
 import torch
 
-from . import data, perf
+from . import data
 from .config import ConfigError, load_params
+from .model import flops
 
 # Llama-3.2-1B and Llama-3.1-8B shapes (the reference benchmark's), and a CPU-sized one.
 SHAPES = {
@@ -96,7 +97,7 @@ def quantize_linear_layers_nf4(model, compute_dtype: torch.dtype) -> None:
 
 
 def run_bench(args) -> dict:
-    from .modeling import resolve_device, resolve_dtype
+    from .model.loading import resolve_device, resolve_dtype
     from .train import setup, train_step
 
     overrides = [
@@ -135,7 +136,7 @@ def run_bench(args) -> dict:
     synchronize()
     seconds = time.perf_counter() - started
     tokens_per_s = tokens / seconds
-    peak = perf.peak_flops(device, params.compute.peak_tflops)
+    peak = flops.peak_flops(device, params.compute.peak_tflops)
     record = {
         "model": args.shape,
         "variant": args.variant or f"ours_{args.method}",

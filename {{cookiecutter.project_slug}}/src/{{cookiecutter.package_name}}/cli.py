@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 
 from .atomic import OUT_OF_SPACE, WriteFailed, write_failed
-from .checkpoints import IncompatibleCheckpoint
+from .compute.plan import BudgetExceeded as PlanOverBudget
 from .config import ConfigError, Params, load_params
 from .data import DataError
-from .modeling import ModelNotFound
-from .plan import BudgetExceeded as PlanOverBudget
+from .model.loading import ModelNotFound
 from .train import BudgetExceeded, Interrupted
+from .train.checkpoints import IncompatibleCheckpoint
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "merge":
             sub.add_argument("--out", help="output directory (default: <train.output_dir>/merged)")
             sub.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    from . import bench, launch, plan, report, sweep
+    from . import bench, report
+    from .compute import launch, plan, sweep
 
     plan.register(commands)
     launch.register(commands)
@@ -227,11 +228,12 @@ def run_command(argv: list[str] | None) -> int:
             cmd_tiny_model(args)
             return EXIT_OK
         if args.command in ("plan", "launch", "report", "bench"):
-            from . import bench, launch, plan, report
+            from . import bench, report
+            from .compute import launch, plan
 
             return {"plan": plan, "launch": launch, "report": report, "bench": bench}[args.command].run(args)
         if args.command == "sweep":
-            from . import sweep
+            from .compute import sweep
 
             return sweep.run(args)
         if args.command == "smoke":

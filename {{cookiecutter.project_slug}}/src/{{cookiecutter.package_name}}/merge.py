@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import modeling
 from .atomic import atomic_dir
+from .model import loading
 
 
 def merge(params, out_dir: str | Path, dtype: str = "bfloat16", log=print) -> Path:
@@ -23,12 +23,12 @@ def merge(params, out_dir: str | Path, dtype: str = "bfloat16", log=print) -> Pa
         raise DataError(f"{adapter_dir}: no trained adapter; run `train` first")
     params = params.model_copy(deep=True)
     params.model.dtype = dtype
-    device = modeling.resolve_device(params.compute.device)
-    base = modeling.load_base_model(params, device, quantize=False)
+    device = loading.resolve_device(params.compute.device)
+    base = loading.load_base_model(params, device, quantize=False)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.config.use_cache = True  # back to the inference default
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp)
-        modeling.load_tokenizer(str(adapter_dir)).save_pretrained(tmp)
+        loading.load_tokenizer(str(adapter_dir)).save_pretrained(tmp)
     log(f"merged {params.model.base} + {adapter_dir} ({dtype}) -> {out_dir}")
     return Path(out_dir)

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from .evaluate import compare
+from .tracking.runs import find_baseline, select_runs
 
 QUALITY_RUNS = 10  # per-example scores are downloaded for at most this many runs
 ANSWERS_SHOWN = 3
@@ -75,35 +76,6 @@ def run_row(run) -> dict:
     end = run.info.end_time or run.info.start_time
     row["wall_minutes"] = (end - run.info.start_time) / 60000 if run.info.start_time else None
     return row
-
-
-def select_runs(client, experiment: str, pr: str | None = None, branch: str | None = None, last: int = 10,
-                run_ids: list[str] | None = None) -> list:
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    if run_ids:
-        return [client.get_run(run_id) for run_id in run_ids]
-    filters = []
-    if pr:
-        filters.append(f"tags.pr = '{int(pr)}'")
-    if branch:
-        filters.append("tags.git_branch = '{}'".format(branch.replace("'", "")))
-    return list(client.search_runs([exp.experiment_id], " and ".join(filters), max_results=last, order_by=["attributes.start_time DESC"]))
-
-
-def find_baseline(client, experiment: str, branch: str = "main", exclude: str | None = None):
-    """The newest finished run of `branch` that has an eval_loss (other than run `exclude`)."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    branch = branch.replace("'", "")
-    runs = client.search_runs(
-        [exp.experiment_id], f"tags.git_branch = '{branch}' and attributes.status = 'FINISHED' and metrics.eval_loss > -1",
-        max_results=2, order_by=["attributes.start_time DESC"],
-    )
-    runs = [run for run in runs if run.info.run_id != exclude]
-    return runs[0] if runs else None
 
 
 def delta(value, base) -> str:
@@ -416,7 +388,7 @@ def where_runs_are(client, experiment: str, smoke: bool) -> str:
     return message
 def sweep_report(client, experiment: str, sweep_id: str, fmt: str) -> int:
     """`report --sweep ID`: the sweep's variants ranked, the Pareto front, the `--set` line to adopt."""
-    from . import sweep
+    from .compute import sweep
 
     summary = sweep.report(client, [experiment], sweep_id)
     print(json.dumps(summary, indent=2, default=str) if fmt == "json" else sweep.render_summary(summary), end="\n" if fmt == "json" else "")

@@ -9,6 +9,8 @@ The `prepare` stage, one job per module:
   packing   best-fit packing of examples into fixed-length rows, planned on lengths alone
   store     tokens and packed rows on disk (numpy files, read memory-mapped)
   prepare   the stage itself: read, tokenize in parallel, split, pack, write; and loading what it wrote
+
+Imports: model (the tokenizer), config, atomic.
 """
 
 from .chat import CHATML_TEMPLATE, IGNORE, encode, ensure_chat_template

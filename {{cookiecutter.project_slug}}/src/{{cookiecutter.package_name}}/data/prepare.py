@@ -280,7 +280,7 @@ def prepare(params, tokenizer=None, log=print) -> dict:
     shapes = sorted(set(examples.shapes.values()))
     log(f"read {records} records from {cfg.path} ({', '.join(shapes)})")
     if tokenizer is None:
-        from ..modeling import load_tokenizer
+        from ..model.loading import load_tokenizer
 
         tokenizer = load_tokenizer(params.model.base)
     if cfg.format != "text":

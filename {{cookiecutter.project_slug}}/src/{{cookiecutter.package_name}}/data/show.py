@@ -40,7 +40,7 @@ def show_examples(params, n: int, color: bool, tokenizer=None, out=print) -> Non
     examples = list(islice(reader, n))
     total = reader.count()
     if tokenizer is None:
-        from ..modeling import load_tokenizer
+        from ..model.loading import load_tokenizer
 
         tokenizer = load_tokenizer(params.model.base)
     source = params.model.base

@@ -5,6 +5,9 @@
   judge     optional pairwise judge through an OpenAI-compatible endpoint
   harness   optional lm-evaluation-harness tasks
   stage     the stage itself: all of the above, metrics.json and eval_examples.json, MLflow
+
+Imports: model, data, tracking, config, atomic. `report` compares runs with `compare`, so the
+light modules (compare, metrics) must not import torch at module level.
 """
 
 

@@ -16,8 +16,9 @@ import math
 import tempfile
 from pathlib import Path
 
-from .. import data, modeling
+from .. import data
 from ..atomic import write_text_atomic
+from ..model import loading
 from ..tracking import RUN_FILE, log_to_training_run, tracking_uri
 from . import compare, metrics
 from .answers import example_key, generate_answers, validation_scores
@@ -64,7 +65,7 @@ def baseline_examples(params, log) -> tuple[str | None, dict | None]:
     Best effort: an unreachable server or a missing baseline costs the comparison, not the stage."""
     from mlflow import MlflowClient
 
-    from ..report import find_baseline
+    from ..tracking.runs import find_baseline
 
     try:
         client = MlflowClient(tracking_uri(params))
@@ -120,9 +121,9 @@ def evaluate(params, log=print) -> dict:
 
         tasks = harness.task_manager(params.eval.harness_tasks, params.eval.harness_include)
 
-    device = modeling.resolve_device(params.compute.device)
-    model = modeling.load_trained(params, adapter_dir, device)
-    tokenizer = modeling.load_tokenizer(str(adapter_dir))
+    device = loading.resolve_device(params.compute.device)
+    model = loading.load_trained(params, adapter_dir, device)
+    tokenizer = loading.load_tokenizer(str(adapter_dir))
     # No gradients here: the training micro-batch fits; `auto` is only known inside `train`,
     # so then rows of about 4k tokens (their logits stay a few GB even with a 128k vocabulary).
     rows_per_pass = params.train.micro_batch if isinstance(params.train.micro_batch, int) else max(1, 4096 // params.data.max_length)

@@ -57,8 +57,8 @@ from typing import Any
 
 import yaml
 
+from ..config import ConfigError, load_params, yaml_error
 from . import launch, plan, skytask
-from .config import ConfigError, load_params, yaml_error
 
 SWEEP_ID = re.compile(r"[a-z][a-z0-9-]{0,30}[a-z0-9]")
 SWEEP_DIR = ".cache/sweeps"  # per-variant task files, logs, summary.json (ignored by git and SkyPilot)
@@ -278,7 +278,7 @@ def job_name(task_name: str, sweep_id: str, variant: str, limit: int = launch.MA
 
 def tracking_uri(params) -> str:
     """The MLflow store every variant logs to: the project's, made absolute for a local file."""
-    from .tracking import tracking_uri as configured
+    from ..tracking import tracking_uri as configured
 
     uri = configured(params)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -587,7 +587,7 @@ class Sweep:
 def summarise(rows: list[dict]) -> dict:
     """rows: {variant, status, sets, cost_usd, eval_loss, ...} -> the same rows ranked by eval
     loss (then cost), each with `front` (on the Pareto front of cost vs eval loss), and the best."""
-    from .report import pareto_front
+    from ..report import pareto_front
 
     scored = [r for r in rows if r.get("cost_usd") is not None and r.get("eval_loss") is not None]
     front = {id(scored[i]) for i in pareto_front([(r["cost_usd"], r["eval_loss"]) for r in scored])}

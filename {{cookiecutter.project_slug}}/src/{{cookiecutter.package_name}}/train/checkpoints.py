@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic
+from .. import atomic
 
 MANIFEST = "manifest.json"
 STATE = "state.json"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError
+from ..config import ConfigError
 
 
 def resolve_device(requested: str = "auto") -> torch.device:

@@ -8,7 +8,7 @@ Everything here is an ESTIMATE, made before any GPU time is spent:
   for backward (all layers, or one checkpoint per layer with gradient checkpointing, or
   those checkpoints in host RAM with offloading), the loss (all logits, or one chunk's),
   CUDA context and allocator overhead; and the longest row that fits each GPU;
-- FLOPs per token (`perf.flops_per_token`, the LoRA convention) and hours on each GPU of a
+- FLOPs per token (`flops.flops_per_token`, the LoRA convention) and hours on each GPU of a
   table (memory, dense bf16 peak, an expected MFU);
 - dollars per run for every (GPU, cloud, spot / on-demand) offer (`prices.py`). GPUs that
   do not fit with a safety margin are excluded with the reason; the rest are ranked by
@@ -35,9 +35,10 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import attention, loss, modeling, perf, prices
-from .config import ConfigError, Params, load_params
-from .offload import MLP_TILE_TOKENS
+from ..config import ConfigError, Params, load_params
+from ..model import attention, flops, loading, loss
+from ..model.offload import MLP_TILE_TOKENS
+from . import prices
 
 GIB = 2**30
 
@@ -118,7 +119,7 @@ class ModelShape:
 
     @property
     def matmul_params(self) -> int:
-        """What `perf.matmul_parameters` counts on the loaded model: every Linear, lm_head included."""
+        """What `flops.matmul_parameters` counts on the loaded model: every Linear, lm_head included."""
         return self.layers * self.layer_linear_params + self.vocab * self.hidden
 
 
@@ -434,9 +435,9 @@ class GPU:
 
 
 def _peak(perf_name: str, fallback: float) -> float:
-    """perf.py's datasheet peak where it has one (one source of truth), else `fallback`."""
-    flops = perf.PEAK_BF16_FLOPS.get(perf_name)
-    return flops / 1e12 if flops else fallback
+    """flops.py's datasheet peak where it has one (one source of truth), else `fallback`."""
+    peak = flops.PEAK_BF16_FLOPS.get(perf_name)
+    return peak / 1e12 if peak else fallback
 
 
 # The MFUs are assumptions: PEFT's MetaMathQA LoRA runs (unpacked, padded) reach ~25% on an
@@ -502,7 +503,7 @@ def choose_fit(shape: ModelShape, setup: TrainSetup, params: Params, gpu: GPU) -
     if checkpointing is not True:
         trials += [(m, 0.0, False) for m in sizes]
     if checkpointing == "auto":
-        trials += [(min(sizes), count / layers, False) for count in modeling.partial_checkpointing(layers)]
+        trials += [(min(sizes), count / layers, False) for count in loading.partial_checkpointing(layers)]
     if checkpointing is not False:
         if offloading is not True:
             trials += [(m, 1.0, False) for m in sizes]
@@ -567,7 +568,7 @@ def run_workload(shape: ModelShape, params: Params, summary: dict | None) -> dic
     tokens = rows * params.data.max_length  # every slot of a row is computed, padding too
     train = (summary or {}).get("train") or {}
     context = train.get("mean_context") or params.data.max_length / 2
-    useful = perf.flops_per_token(shape.matmul_params, shape.layers, shape.hidden, context)
+    useful = flops.flops_per_token(shape.matmul_params, shape.layers, shape.hidden, context)
     forward = 2 * shape.matmul_params + 2 * shape.layers * shape.hidden * context  # recomputed with checkpointing
     work = {
         "steps": params.train.max_steps,
@@ -591,8 +592,8 @@ def run_workload(shape: ModelShape, params: Params, summary: dict | None) -> dic
 
 def hours_on(gpu: GPU, work: dict, setup: TrainSetup, shape: ModelShape) -> dict:
     """Estimated hours: setup (billed, trains nothing) plus compute at the GPU's expected MFU."""
-    flops = work["flops_per_token"] + work["forward_flops_per_token"] * setup.checkpointing  # recomputed layers
-    seconds = work["tokens"] * flops / (gpu.peak_bf16_tflops * 1e12 * gpu.expected_mfu)
+    token_flops = work["flops_per_token"] + work["forward_flops_per_token"] * setup.checkpointing  # recomputed layers
+    seconds = work["tokens"] * token_flops / (gpu.peak_bf16_tflops * 1e12 * gpu.expected_mfu)
     seconds *= METHOD_TIME_FACTOR.get(setup.method, 1.0)
     setup_s = SETUP_MINUTES * 60 + shape.total_params * 2 / DOWNLOAD_BYTES_PER_S
     return {"compute_hours": seconds / 3600, "setup_hours": setup_s / 3600, "hours": (seconds + setup_s) / 3600}

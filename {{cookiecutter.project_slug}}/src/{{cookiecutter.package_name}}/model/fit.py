@@ -11,9 +11,9 @@ from typing import NamedTuple
 
 import torch
 
-from . import attention, modeling
+from ..config import ConfigError
+from . import attention, loading
 from .batch import to_device
-from .config import ConfigError
 from .offload import offload_layer_inputs
 
 
@@ -51,8 +51,8 @@ def choose_micro_batch(model, rows, params, per_process: int, device: torch.devi
     wanted, checkpointing, offload = cfg.micro_batch, cfg.gradient_checkpointing, cfg.offload_activations
     checkpointed = 0
     if checkpointing is True or offload is True:
-        checkpointed = len(modeling.decoder_layers(model))
-        modeling.checkpoint_layers(model, checkpointed)
+        checkpointed = len(loading.decoder_layers(model))
+        loading.checkpoint_layers(model, checkpointed)
     if offload is True:
         offload_layer_inputs(model, device)
         checkpointing = True
@@ -78,18 +78,18 @@ def largest_that_fits(model, rows, candidates: list[int], checkpointing: bool | 
     4. With `offload` auto (or true), every layer checkpointed with its input in host RAM and
        its MLP in slices (offload.py), the candidates largest first.
     """
-    layers = len(modeling.decoder_layers(model))
+    layers = len(loading.decoder_layers(model))
     if checkpointing is not True:
         for micro_batch in candidates:
             if fits(model, rows, micro_batch, device):
                 return Fit(micro_batch, 0)
     if checkpointing == "auto":
-        for checkpointed in modeling.partial_checkpointing(layers):
-            modeling.checkpoint_layers(model, checkpointed)
+        for checkpointed in loading.partial_checkpointing(layers):
+            loading.checkpoint_layers(model, checkpointed)
             if fits(model, rows, candidates[-1], device):
                 return Fit(candidates[-1], checkpointed)
     if checkpointing is not False:
-        modeling.checkpoint_layers(model, layers)
+        loading.checkpoint_layers(model, layers)
         if offload is not True:
             for micro_batch in candidates:
                 if fits(model, rows, micro_batch, device):
@@ -120,7 +120,7 @@ def agree_on_micro_batch(fit: Fit, model, device) -> Fit:
     dist.all_reduce(choice, op=dist.ReduceOp.MAX)
     agreed = Fit(int(-choice[0]), int(choice[1]), bool(choice[2]))
     if agreed.checkpointed != fit.checkpointed:
-        modeling.checkpoint_layers(model, agreed.checkpointed)
+        loading.checkpoint_layers(model, agreed.checkpointed)
     if agreed.offloaded != fit.offloaded:
         offload_layer_inputs(model, device)
     return agreed

@@ -10,7 +10,7 @@ USE_SPOT matches `resources.use_spot`, and no secret value is committed.
 SkyPilot pins `click<8.2` and so lives in an environment of its own. `find_sky_python` and
 `find_sky_cli` locate it; `skypilot_check` runs `sky.Task.from_yaml` there, in one process.
 
-    python -m {{ cookiecutter.package_name }}.skytask sky/*.yaml    # both checks; exit 2 on problems
+    python -m {{ cookiecutter.package_name }}.compute.skytask sky/*.yaml    # both checks; exit 2 on problems
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, yaml_error
+from ..config import ConfigError, yaml_error
 
 # SkyPilot 0.14's recovery strategies (JOBS_RECOVERY_STRATEGY_REGISTRY, sky/jobs/recovery_strategy.py).
 RECOVERY_STRATEGIES = ("EAGER_NEXT_REGION", "FAILOVER")
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m {{ cookiecutter.package_name }}.skytask", description=__doc__.splitlines()[0]
+        prog="python -m {{ cookiecutter.package_name }}.compute.skytask", description=__doc__.splitlines()[0]
     )
     parser.add_argument("files", nargs="+", help="task YAML files")
     parser.add_argument("--no-skypilot", action="store_true", help="only our rules; do not run SkyPilot's parser")

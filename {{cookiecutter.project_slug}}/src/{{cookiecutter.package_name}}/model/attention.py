@@ -18,7 +18,7 @@ import inspect
 
 import torch
 
-from .config import ConfigError
+from ..config import ConfigError
 
 VARLEN = "varlen"
 TAKES_SEQUENCE_BOUNDARIES = (VARLEN, "flash_attention_2")

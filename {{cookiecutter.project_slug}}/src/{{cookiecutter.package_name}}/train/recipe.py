@@ -42,13 +42,15 @@ from pathlib import Path
 
 import torch
 
-from . import attention, checkpoints, data, loss, modeling, perf
-from .atomic import atomic_dir
-from .batch import to_device
-from .config import ConfigError, multi_gpu_problem
-from .cost import CostMeter
-from .fit import agree_on_micro_batch, choose_micro_batch
-from .tracking import Tracker
+from .. import data
+from ..atomic import atomic_dir
+from ..compute.cost import CostMeter
+from ..config import ConfigError, multi_gpu_problem
+from ..model import attention, flops, loading, loss
+from ..model.batch import to_device
+from ..model.fit import agree_on_micro_batch, choose_micro_batch
+from ..tracking import Tracker
+from . import checkpoints
 
 
 class Interrupted(Exception):
@@ -113,7 +115,7 @@ def machine_price(params, device: torch.device, world: int) -> tuple[float | Non
     measured power draw (NVML) times the electricity price; else unknown: 0 on your own
     machine, None on a cloud machine (its cost is then logged as unknown, not as $0).
     """
-    from . import prices
+    from ..compute import prices
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     hourly, source = prices.resolve_hourly_price(params, device_name=device_name)
@@ -203,8 +205,8 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
     from accelerate.utils import set_seed
 
     cfg = params.train
-    device = modeling.resolve_device(params.compute.device)
-    dtype = modeling.resolve_dtype(params.model.dtype, device)
+    device = loading.resolve_device(params.compute.device)
+    dtype = loading.resolve_dtype(params.model.dtype, device)
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
     if cfg.global_batch % accelerator.num_processes:
@@ -214,20 +216,20 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
 
     set_seed(cfg.seed)
     if tokenizer is None and base is None:
-        tokenizer = modeling.load_tokenizer(params.model.base)
+        tokenizer = loading.load_tokenizer(params.model.base)
     if base is None:
         # Under FSDP the weights stay on the CPU: accelerate moves each GPU its shard.
-        base = modeling.load_base_model(params, device, to_device=not sharded)
+        base = loading.load_base_model(params, device, to_device=not sharded)
     if params.model.attn_implementation == attention.VARLEN:
         attention.use_varlen(base, device, dtype)
     elif attention.for_long_rows(base, params.model.attn_implementation, params.data.max_length, device):
         attention.use_varlen(base, device, dtype, why=f"data.max_length={params.data.max_length} is too long for a T x T mask "
                              f"and neither flash-attn nor flex attention is loaded, so {attention.VARLEN} is needed: ")
-    liger = modeling.apply_liger_kernels(base, cfg.liger_kernels, device)
+    liger = loading.apply_liger_kernels(base, cfg.liger_kernels, device)
     loss_kind = "fused" if liger else "chunked" if cfg.chunked_loss and loss.use_chunked_loss(base) else "transformers"
-    n_matmul = perf.matmul_parameters(base)
-    model = modeling.add_adapter(base, params)
-    trainable, total = modeling.count_parameters(model)
+    n_matmul = flops.matmul_parameters(base)
+    model = loading.add_adapter(base, params)
+    trainable, total = loading.count_parameters(model)
     summary = None
     if rows is None:
         rows = data.load_prepared(params.data.prepared_dir, "train")
@@ -245,14 +247,14 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
     # FSDP replaces the parameters by sharded ones (and points the optimizer at them).
     model, optimizer = accelerator.prepare(model, optimizer)
     # After the micro-batch probe (which measures eager memory) and after FSDP's wrapping.
-    if cfg.compile and not modeling.compile_decoder_layers(accelerator.unwrap_model(model)):
+    if cfg.compile and not loading.compile_decoder_layers(accelerator.unwrap_model(model)):
         raise ConfigError(f"train.compile=true: no decoder layers to compile were found in model type {base.config.model_type!r}")
     config = base.config
     return Session(
         params=params, accelerator=accelerator, model=model, base_config=config, tokenizer=tokenizer,
         optimizer=optimizer, scheduler=scheduler, rows=rows, micro_batch=micro_batch,
         accumulation=per_process // micro_batch, checkpointed_layers=checkpointed, offloaded=fit.offloaded, loss=loss_kind, sharded=sharded, liger=liger, compiled=cfg.compile, dtype=dtype,
-        token_flops=perf.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, mean_context or 0.0),
+        token_flops=flops.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, mean_context or 0.0),
         trainable=trainable, total=total, summary=summary,
     )
 
@@ -337,7 +339,7 @@ def train(params, resume: str = "auto", log=print) -> Path:
     segments_file = run_dir / checkpoints.SEGMENTS
     previous_segments = json.loads(segments_file.read_text()) if restored and segments_file.is_file() else []
 
-    peak = perf.peak_flops(device, params.compute.peak_tflops)
+    peak = flops.peak_flops(device, params.compute.peak_tflops)
     is_main = accelerator.is_main_process
     hourly_usd, price_source = machine_price(params, device, world)
     meter = CostMeter(hourly_usd, gpus=world if device.type == "cuda" else 0, previous=previous_segments, source=price_source)
@@ -353,7 +355,7 @@ def train(params, resume: str = "auto", log=print) -> Path:
             tracker.start_system_metrics(params.tracking.system_metrics_interval_s)
     estimate = None
     if tracker and device.type == "cuda":
-        from . import plan, prices
+        from ..compute import plan, prices
 
         gpu_name = prices.gpu_from_device_name(torch.cuda.get_device_name(device))
         estimate = plan.estimate_for_gpu(params, gpu_name, hourly_usd) if gpu_name else None

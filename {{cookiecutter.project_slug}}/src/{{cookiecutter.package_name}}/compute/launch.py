@@ -44,8 +44,8 @@ from typing import Any
 
 import yaml
 
+from ..config import ConfigError, load_params, multi_gpu_problem, yaml_error
 from . import skytask
-from .config import ConfigError, load_params, multi_gpu_problem, yaml_error
 
 DEFAULT_TASK = "sky/train.yaml"
 DEFAULT_CHECKPOINT_ROOT = ".cache/checkpoints"
@@ -397,7 +397,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m {{ cookiecutter.package_name }}.launch ...`: the same command outside the package CLI."""
+    """`python -m {{ cookiecutter.package_name }}.compute.launch ...`: the same command outside the package CLI."""
     parser = argparse.ArgumentParser(prog="{{ cookiecutter.package_name }}")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["launch", *(sys.argv[1:] if argv is None else argv)])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from . import modeling
+from . import loading
 
 MLP_TILE_TOKENS = 4096
 
@@ -118,10 +118,10 @@ def _tiled(mlp_forward, tile: int):
 
 def offload_layer_inputs(model, device: torch.device, on: bool = True, tile: int = MLP_TILE_TOKENS) -> int:
     """Switch host offloading (and MLP slices) on or off for the checkpointed decoder layers;
-    call after `modeling.checkpoint_layers`. Returns how many layers offload."""
+    call after `loading.checkpoint_layers`. Returns how many layers offload."""
     offload = HostOffload(device)
     count = 0
-    for layer in modeling.decoder_layers(model):
+    for layer in loading.decoder_layers(model):
         function = getattr(layer, "_gradient_checkpointing_func", None)
         original = getattr(layer, "_checkpointing_without_offload", function)
         mlp = getattr(layer, "mlp", None)

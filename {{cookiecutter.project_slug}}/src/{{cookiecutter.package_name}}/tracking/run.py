@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .atomic import WriteFailed, write_failed
+from ..atomic import WriteFailed, write_failed
 
 RUN_FILE = "mlflow_run.json"  # in train.output_dir: where `evaluate` finds the training run
 
