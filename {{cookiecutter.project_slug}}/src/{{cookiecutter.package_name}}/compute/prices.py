@@ -311,3 +311,23 @@ def measured_gpu_watts(index: int = 0) -> float | None:
         return None
     finally:
         pynvml.nvmlShutdown()
+
+
+def machine_price(params, device, world: int) -> tuple[float | None, str]:
+    """USD per hour of the machine a training run is on, and where that figure came from.
+
+    cost.hourly_usd, else SkyPilot's catalog / the bundled snapshot for the cloud, region and
+    GPU of a SkyPilot job, else, on your own GPU with cost.electricity_usd_per_kwh set, the
+    measured power draw (NVML) times the electricity price; else unknown: 0 on your own
+    machine, None on a cloud machine (its cost is then logged as unknown, not as $0).
+    `device` is the torch device the run trains on; `world` its number of processes.
+    """
+    import torch
+
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    hourly, source = resolve_hourly_price(params, device_name=device_name)
+    kwh_price = params.cost.electricity_usd_per_kwh
+    if source == "unknown" and device.type == "cuda" and kwh_price is not None:
+        watts = measured_gpu_watts() or 0.0
+        return energy_cost_per_hour(watts * world, kwh_price), f"energy: {watts:.0f} W x {world} GPU(s) at ${kwh_price}/kWh"
+    return hourly, source

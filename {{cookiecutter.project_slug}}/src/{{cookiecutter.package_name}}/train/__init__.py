@@ -1,10 +1,13 @@
-"""The training recipe and what it keeps between restarts:
-  recipe       setup -> step -> loop -> save: the supervised fine-tuning run, top to bottom
+"""The training recipe and what it keeps between restarts, one job per module:
+  recipe       `train`: setup -> start_run -> the loop -> finish, top to bottom
+  session      `setup`: model + adapter, packed rows, the micro-batch that fits, optimizer, accelerate
+  step         one optimizer step, and which rows it trains on (a pure function of seed and step)
+  optim        the optimizer and the learning-rate schedule
+  run          the bookkeeping across restarts: resume point, cost, MLflow, stop signals, checkpoint saves
   checkpoints  atomic, verified, resumable checkpoint folders; the cost of every segment
+  outputs      the adapter, the loss curve as CSV and PNG
 
-Imports: model, data, compute (prices and the cost meter), tracking, config, atomic.
-Nothing below the CLI imports this package, so the rest of the project never pays for torch
-setup code it does not run.
+Imports: model, data, compute (prices, the cost meter, the plan's estimate), tracking, config, atomic.
 """
 
 from .recipe import BudgetExceeded, Interrupted, rows_for_step, setup, train, train_step

@@ -1,0 +1,139 @@
+"""`setup`: everything one training process holds, built once before the first step.
+
+    model + adapter  the base (16-bit or 4-bit), attention for packed rows, Liger kernels, LoRA / DoRA
+    data             the packed rows `prepare` wrote
+    fit              the micro-batch, checkpointed layers and offloading that fit (model/fit.py)
+    optimizer        AdamW (fused on GPU) or 8-bit AdamW, and the learning-rate schedule
+    accelerate       single device, DDP or FSDP; optional regional torch.compile
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import data
+from ..config import ConfigError, multi_gpu_problem
+from ..model import attention, flops, loading, loss
+from ..model.fit import agree_on_micro_batch, choose_micro_batch
+from .optim import learning_rate_schedule, make_optimizer
+
+
+@dataclass
+class Session:
+    """What one training process holds: built by `setup`, advanced by `train_step`."""
+
+    params: object
+    accelerator: object
+    model: torch.nn.Module
+    base_config: object
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    rows: dict[str, torch.Tensor]
+    micro_batch: int
+    accumulation: int
+    checkpointed_layers: int  # gradient checkpointing on this many decoder layers (0: none)
+    offloaded: bool  # the checkpointed layers' inputs wait in host RAM (offload.py)
+    loss: str  # chunked (loss.py) | fused (Liger) | transformers
+    sharded: bool  # FSDP: every process holds a shard of the weights
+    liger: bool
+    compiled: bool  # torch.compile'd decoder layers
+    dtype: torch.dtype
+    token_flops: float
+    trainable: int
+    total: int
+    summary: dict | None  # prepared data's summary.json (None for the benchmark's rows)
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows["input_ids"])
+
+    @property
+    def per_process(self) -> int:
+        return self.params.train.global_batch // self.world
+
+
+def check_distributed_type(accelerator, params) -> bool:
+    """True under FSDP; a ConfigError for a launch config this method cannot use."""
+    from accelerate.utils import DistributedType
+
+    problem = multi_gpu_problem(accelerator.distributed_type.value, params.model.method)
+    if problem:
+        raise ConfigError(problem)
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | None = None) -> Session:
+    """Model + adapter, data, micro-batch, optimizer and schedule, ready for `train_step`.
+
+    `base`, `tokenizer`, `rows` and `mean_context` default to params.model.base and the
+    prepared data; the benchmark passes a randomly initialised model and synthetic rows.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    cfg = params.train
+    device = loading.resolve_device(params.compute.device)
+    dtype = loading.resolve_dtype(params.model.dtype, device)
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    if cfg.global_batch % accelerator.num_processes:
+        raise ConfigError(f"train.global_batch={cfg.global_batch} is not a multiple of the {accelerator.num_processes} processes")
+    sharded = check_distributed_type(accelerator, params)
+    device = accelerator.device
+
+    set_seed(cfg.seed)
+    if tokenizer is None and base is None:
+        tokenizer = loading.load_tokenizer(params.model.base)
+    if base is None:
+        # Under FSDP the weights stay on the CPU: accelerate moves each GPU its shard.
+        base = loading.load_base_model(params, device, to_device=not sharded)
+    if params.model.attn_implementation == attention.VARLEN:
+        attention.use_varlen(base, device, dtype)
+    elif attention.for_long_rows(base, params.model.attn_implementation, params.data.max_length, device):
+        attention.use_varlen(base, device, dtype, why=f"data.max_length={params.data.max_length} is too long for a T x T mask "
+                             f"and neither flash-attn nor flex attention is loaded, so {attention.VARLEN} is needed: ")
+    liger = loading.apply_liger_kernels(base, cfg.liger_kernels, device)
+    loss_kind = "fused" if liger else "chunked" if cfg.chunked_loss and loss.use_chunked_loss(base) else "transformers"
+    n_matmul = flops.matmul_parameters(base)
+    model = loading.add_adapter(base, params)
+    trainable, total = loading.count_parameters(model)
+    summary = None
+    if rows is None:
+        rows = data.load_prepared(params.data.prepared_dir, "train")
+        summary = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())
+        mean_context = summary["train"]["mean_context"]
+    per_process = cfg.global_batch // accelerator.num_processes
+    fit = choose_micro_batch(model, rows, params, per_process, device, sharded)
+    if accelerator.num_processes > 1 and "auto" in (cfg.micro_batch, cfg.gradient_checkpointing):
+        fit = agree_on_micro_batch(fit, model, device)
+    micro_batch, checkpointed = fit.micro_batch, fit.checkpointed
+
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(cfg.optimizer, trainable_params, cfg.learning_rate, cfg.weight_decay, device)
+    scheduler = learning_rate_schedule(optimizer, params)
+    # FSDP replaces the parameters by sharded ones (and points the optimizer at them).
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # After the micro-batch probe (which measures eager memory) and after FSDP's wrapping.
+    if cfg.compile and not loading.compile_decoder_layers(accelerator.unwrap_model(model)):
+        raise ConfigError(f"train.compile=true: no decoder layers to compile were found in model type {base.config.model_type!r}")
+    config = base.config
+    return Session(
+        params=params, accelerator=accelerator, model=model, base_config=config, tokenizer=tokenizer,
+        optimizer=optimizer, scheduler=scheduler, rows=rows, micro_batch=micro_batch,
+        accumulation=per_process // micro_batch, checkpointed_layers=checkpointed, offloaded=fit.offloaded, loss=loss_kind, sharded=sharded, liger=liger, compiled=cfg.compile, dtype=dtype,
+        token_flops=flops.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, mean_context or 0.0),
+        trainable=trainable, total=total, summary=summary,
+    )
