@@ -1,0 +1,84 @@
+"""`plan`: will the run fit, how long will it take, what will it cost, and on which GPU.
+
+Everything here is an ESTIMATE, made before any GPU time is spent:
+- the model's shape: `config.json` of a local model directory, else the hub
+  (`AutoConfig`), else a built-in table of common models (works offline);
+- peak GPU memory, broken down: base weights (16-bit, or 4-bit NF4 with double
+  quantization for QLoRA), LoRA parameters + gradients + AdamW states, activations kept
+  for backward (all layers, or one checkpoint per layer with gradient checkpointing, or
+  those checkpoints in host RAM with offloading), the loss (all logits, or one chunk's),
+  CUDA context and allocator overhead; and the longest row that fits each GPU;
+- FLOPs per token (`flops.flops_per_token`, the LoRA convention) and hours on each GPU of a
+  table (memory, dense bf16 peak, an expected MFU);
+- dollars per run for every (GPU, cloud, spot / on-demand) offer (`prices.py`). GPUs that
+  do not fit with a safety margin are excluded with the reason; the rest are ranked by
+  dollars per RUN: a GPU that is 3x faster at 2x the hourly price is the cheaper one;
+- `--write`: the GPU candidates line of sky/train.yaml;
+- `--owned GPU`: your own card (energy, optional amortisation) against the cheapest spot
+  offer, and the break-even point for buying it, in runs per month;
+- `check_budget`: refuses a plan whose cheapest run exceeds `budget.max_run_usd`.
+
+The memory model mirrors what this project's trainer keeps alive (Hugging Face
+transformers + PEFT: fp32 adapters run under autocast, RMSNorm upcast to fp32, SDPA
+attention with a mask for packed rows up to attention.LONG_ROW_TOKENS and varlen beyond,
+the chunked loss of loss.py, host offloading of offload.py). tests/test_plan.py checks it against
+published peak-memory measurements; the speed numbers rest on an assumed MFU per GPU and
+should be replaced by measured ones (`tokens_per_second` and `mfu` in MLflow).
+
+One job per module, each using only those above it:
+  shapes    the model's shape: local config.json, the hub cache, the built-in table, the hub
+  memory    peak GPU memory of one training step, by component
+  gpus      the GPU table, the memory usable on each, offers ranked by dollars per run
+  fit       micro-batch, checkpointing and offloading on each GPU; the longest row that fits
+  speed     tokens and FLOPs of the run; hours on a GPU
+  render    the plan for people: the table, the own-GPU comparison
+  estimate  the whole plan (`make_plan`), the estimate for the GPU a run got, `check_budget`
+  owned     `--owned GPU`: your own card against the cheapest spot offer, the break-even
+  sky_yaml  `--write`: the accelerators line of sky/train.yaml
+  cli       the `plan` subcommand (`register`, `run`)
+
+Imports: model (the shape facts: FLOPs, attention, loss chunks, offload tile), config, prices.
+Never train: a plan is made before any training code runs.
+"""
+
+from .cli import register, run
+from .estimate import BudgetExceeded, check_budget, estimate_for_gpu, gpu_estimate, make_plan
+from .fit import base_setup, choose_fit, longest_row
+from .gpus import GPU, GPUS, SAFETY_MARGIN, rank_offers, usable_gib
+from .memory import (
+    ALLOCATOR_OVERHEAD,
+    CUDA_CONTEXT_GIB,
+    GIB,
+    NF4_BYTES_PER_PARAM,
+    UNMASKED_ATTENTION,
+    MemoryEstimate,
+    TrainSetup,
+    adapter_bytes,
+    checkpointed_layers,
+    estimate_memory,
+    layer_activation_bytes,
+    logits_and_loss_bytes,
+    logits_bytes_per_token,
+    loss_chunk_tokens,
+    mlp_activation_bytes,
+    targeted_modules,
+    weight_bytes,
+)
+from .owned import DEFAULT_PAYBACK_MONTHS, DEFAULT_USD_PER_KWH, compare_owned
+from .render import _usd as _usd  # tests/test_plan.py formats dollars as the messages do
+from .render import checkpointing_label, format_plan, render_owned, render_table
+from .shapes import KNOWN_SHAPES, LINEAR_NAMES, ModelShape, load_model_shape, shape_from_config, table_key
+from .sky_yaml import ACCELERATORS_LINE, WRITE_MARKER, write_sky_candidates
+from .speed import DOWNLOAD_BYTES_PER_S, METHOD_TIME_FACTOR, SETUP_MINUTES, dataset_summary, hours_on, run_workload
+
+__all__ = [
+    "ACCELERATORS_LINE", "ALLOCATOR_OVERHEAD", "CUDA_CONTEXT_GIB", "DEFAULT_PAYBACK_MONTHS", "DEFAULT_USD_PER_KWH",
+    "DOWNLOAD_BYTES_PER_S", "GIB", "GPU", "GPUS", "KNOWN_SHAPES", "LINEAR_NAMES", "METHOD_TIME_FACTOR",
+    "NF4_BYTES_PER_PARAM", "SAFETY_MARGIN", "SETUP_MINUTES", "UNMASKED_ATTENTION", "WRITE_MARKER", "BudgetExceeded",
+    "MemoryEstimate", "ModelShape", "TrainSetup", "adapter_bytes", "base_setup", "check_budget", "checkpointed_layers",
+    "checkpointing_label", "choose_fit", "compare_owned", "dataset_summary", "estimate_for_gpu", "estimate_memory",
+    "format_plan", "gpu_estimate", "hours_on", "layer_activation_bytes", "load_model_shape", "logits_and_loss_bytes",
+    "logits_bytes_per_token", "longest_row", "loss_chunk_tokens", "make_plan", "mlp_activation_bytes", "rank_offers",
+    "register", "render_owned", "render_table", "run", "run_workload", "shape_from_config", "table_key",
+    "targeted_modules", "usable_gib", "weight_bytes", "write_sky_candidates",
+]

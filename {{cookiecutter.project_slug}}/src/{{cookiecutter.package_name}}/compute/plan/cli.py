@@ -1,0 +1,63 @@
+"""The `plan` subcommand: print the plan (or JSON), optionally write sky/train.yaml and compare
+an owned card, then check the budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ...config import ConfigError, load_params
+from .estimate import check_budget, make_plan
+from .gpus import GPUS
+from .owned import DEFAULT_PAYBACK_MONTHS, DEFAULT_USD_PER_KWH, compare_owned
+from .render import render_owned, render_table
+from .sky_yaml import write_sky_candidates
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the `plan` subcommand to a CLI's subparsers."""
+    help_text = "estimate memory, time and dollars per run on each GPU; pick the cheapest that fits"
+    sub = subparsers.add_parser("plan", help=help_text, description=help_text)
+    sub.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
+    sub.add_argument("--json", action="store_true", help="print the whole plan as JSON")
+    sub.add_argument("--write", action="store_true", help="write the best GPUs into the accelerators line of --sky-yaml")
+    sub.add_argument("--sky-yaml", default="sky/train.yaml", help="SkyPilot task to update (default: sky/train.yaml)")
+    sub.add_argument("--top", type=int, default=4, metavar="N", help="how many GPU types to show and write (default: 4)")
+    sub.add_argument("--owned", metavar="GPU", help=f"compare with your own card ({', '.join(GPUS)})")
+    sub.add_argument("--electricity-usd-per-kwh", type=float, default=DEFAULT_USD_PER_KWH, metavar="USD")
+    sub.add_argument("--watts", type=float, help="measured draw of the owned card (default: its TDP)")
+    sub.add_argument("--card-price-usd", type=float, help="price of the owned card (default: a rough street price)")
+    sub.add_argument("--expected-runs", type=int, help="runs the card will do in its life (adds amortisation per run)")
+    sub.add_argument("--payback-months", type=float, default=DEFAULT_PAYBACK_MONTHS, help="horizon for the break-even")
+    sub.set_defaults(handler=run)
+    return sub
+
+
+def run(args) -> int:
+    """`plan`: print the plan (or JSON), optionally write sky/train.yaml, then check the budget.
+
+    Raises ConfigError for bad input and BudgetExceeded when the cheapest run is over budget
+    (after printing the plan, so the numbers are visible).
+    """
+    if args.top < 1:
+        raise ConfigError("--top must be at least 1")
+    params = load_params(args.params, args.set)
+    plan = make_plan(params)
+    owned = None
+    if args.owned:
+        owned = compare_owned(
+            plan, args.owned, args.electricity_usd_per_kwh, args.watts, args.card_price_usd,
+            args.expected_runs, args.payback_months,
+        )
+    written = write_sky_candidates(plan, args.sky_yaml, args.top) if args.write else None
+    if args.json:
+        print(json.dumps({**plan, "owned": owned, "written": written}, indent=2))
+    else:
+        print(render_table(plan, args.top))
+        if owned:
+            print(render_owned(owned))
+        if written:
+            print(f"\n{args.sky_yaml}: accelerators = {', '.join(written)}")
+    check_budget(plan, params)
+    return 0

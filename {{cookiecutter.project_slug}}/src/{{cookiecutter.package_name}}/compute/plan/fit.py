@@ -1,0 +1,97 @@
+"""What fits on each GPU: params.yaml's memory-relevant settings, the micro-batch and
+checkpointing (and host offloading) the trainer would pick there (model/fit.py probes the
+same choices on the GPU), and the longest row that fits."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ...config import Params
+from ...model import attention, loading
+from .gpus import GPU, SAFETY_MARGIN, usable_gib
+from .memory import GIB, TrainSetup, estimate_memory
+from .shapes import ModelShape
+
+
+def base_setup(params: Params) -> TrainSetup:
+    """The memory-relevant settings of params.yaml (micro-batch and checkpointing vary per GPU)."""
+    targets = params.lora.target_modules
+    return TrainSetup(
+        method=params.model.method,
+        lora_r=params.lora.r,
+        targets=targets if isinstance(targets, str) else tuple(targets),
+        dropout=params.lora.dropout,
+        seq_len=params.data.max_length,
+        # flash-attn is not a dependency: plan for SDPA unless it was asked for by name, and for
+        # varlen beyond attention.LONG_ROW_TOKENS, as training switches to it there.
+        attention=attention.planned(params.model.attn_implementation, params.data.max_length),
+        # Liger on `auto` depends on the GPU machine's packages: planned as loss.py's chunked loss.
+        loss="fused" if params.train.liger_kernels is True else "chunked" if params.train.chunked_loss else "hf",
+        dtype_bytes=4 if params.model.dtype == "float32" else 2,
+        optimizer=params.train.optimizer,
+    )
+
+
+def choose_fit(shape: ModelShape, setup: TrainSetup, params: Params, gpu: GPU) -> dict:
+    """Micro-batch and checkpointing on `gpu`, as the trainer's `largest_that_fits` picks them.
+
+    `auto` micro-batch: the largest divisor of global_batch that fits; `auto` checkpointing:
+    only when not even one row fits without it, then on a quarter, a half or three quarters
+    of the layers with one row, then on all of them.
+    """
+    wanted, checkpointing = params.train.micro_batch, params.train.gradient_checkpointing
+    offloading = params.train.offload_activations
+    if offloading is True:
+        checkpointing = True
+    batch = params.train.global_batch
+    sizes = [wanted] if wanted != "auto" else [m for m in range(batch, 0, -1) if batch % m == 0]
+    layers = shape.layers
+    trials = []  # (micro_batch, fraction of layers checkpointed, offload), in the trainer's order (fit.py)
+    if checkpointing is not True:
+        trials += [(m, 0.0, False) for m in sizes]
+    if checkpointing == "auto":
+        trials += [(min(sizes), count / layers, False) for count in loading.partial_checkpointing(layers)]
+    if checkpointing is not False:
+        if offloading is not True:
+            trials += [(m, 1.0, False) for m in sizes]
+        if offloading is not False:
+            trials += [(m, 1.0, True) for m in sizes]
+    limit = usable_gib(gpu) * GIB
+    for micro_batch, fraction, offloaded in trials:
+        trial = replace(setup, micro_batch=micro_batch, checkpointing=fraction, offload=offloaded)
+        memory = estimate_memory(shape, trial)
+        if memory.total <= limit:
+            return {"fits": True, "setup": trial, "memory": memory}
+    with_ckpt = ("with" if trial.checkpointing else "without") + " gradient checkpointing"
+    if trial.offload:
+        with_ckpt += " and activations in host RAM"
+    reason = (
+        f"needs ~{memory.total / GIB:.1f} GiB at micro_batch {trial.micro_batch} {with_ckpt}; "
+        f"{gpu.name} has {gpu.memory_gib:.1f} GiB, {usable_gib(gpu):.1f} usable with a {round(SAFETY_MARGIN * 100)}% margin"
+    )
+    return {"fits": False, "setup": trial, "memory": memory, "reason": reason}
+
+
+def longest_row(shape: ModelShape, setup: TrainSetup, params: Params, gpu: GPU, step: int = 128) -> dict:
+    """The longest data.max_length (a multiple of `step` tokens) that fits `gpu` with one row per
+    micro-batch and every lever params allows (checkpointing, host offloading, chunked loss,
+    the attention training would use at that length): its tokens (0 when not even `step` fit),
+    whether it offloads, and the pinned host RAM that takes (GPU memory is the limit planned
+    for; the machine must also have that RAM)."""
+    one_row = params.model_copy(update={"train": params.train.model_copy(update={"micro_batch": 1})})
+
+    def fit_at(tokens: int) -> dict:
+        trial = replace(setup, seq_len=tokens, attention=attention.planned(params.model.attn_implementation, tokens))
+        return choose_fit(shape, trial, one_row, gpu)
+
+    low, high = 0, step
+    while fit_at(high)["fits"] and high < 2**24:  # double until it no longer fits, then bisect
+        low, high = high, high * 2
+    while high - low > step:
+        middle = (low + high) // 2 // step * step
+        low, high = (middle, high) if fit_at(middle)["fits"] else (low, middle)
+    if not low:
+        return {"tokens": 0, "offload_activations": False, "host_ram_gib": 0.0}
+    best = fit_at(low)
+    return {"tokens": low, "offload_activations": best["setup"].offload,
+            "host_ram_gib": round(best["memory"].host_offloaded / GIB, 2)}
