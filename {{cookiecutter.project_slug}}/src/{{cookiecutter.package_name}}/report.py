@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .compute import sweep
+from .compute.sweep import pareto_front  # also the plots' Pareto front
 from .evaluate import compare
 from .tracking.runs import find_baseline, select_runs
 
@@ -271,19 +273,6 @@ def to_table(report: dict) -> str:
     return top + "\n".join([render(names), render(["-" * w for w in widths]), *map(render, rows)]) + "\n"
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of runs no other run beats on both cost and eval loss."""
-    front = []
-    for i, (cost, loss) in enumerate(points):
-        dominated = any(
-            other_cost <= cost and other_loss <= loss and (other_cost < cost or other_loss < loss)
-            for other_cost, other_loss in points
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
-
-
 def cost_axis(costs: list[float]) -> tuple[float, float]:
     """Costs are never negative; with every run at $0 (own GPU, no price) matplotlib would centre 0."""
     return 0.0, (max(costs, default=0.0) * 1.1) or 1.0
@@ -388,8 +377,6 @@ def where_runs_are(client, experiment: str, smoke: bool) -> str:
     return message
 def sweep_report(client, experiment: str, sweep_id: str, fmt: str) -> int:
     """`report --sweep ID`: the sweep's variants ranked, the Pareto front, the `--set` line to adopt."""
-    from .compute import sweep
-
     summary = sweep.report(client, [experiment], sweep_id)
     print(json.dumps(summary, indent=2, default=str) if fmt == "json" else sweep.render_summary(summary), end="\n" if fmt == "json" else "")
     return 0 if summary["variants"] else 1
