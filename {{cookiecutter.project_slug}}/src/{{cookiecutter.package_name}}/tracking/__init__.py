@@ -1,5 +1,6 @@
 """MLflow tracking that never stops training:
-  run      one MLflow run per job, spooled to disk first and sent by a background thread;
+  spool    MLflow calls as numbered files on disk, sent in order and once each; unreadable ones quarantined
+  run      one MLflow run per job (`Tracker`), written to the spool and sent by a background thread;
            the run's tags (git, DVC data hash, pull request); `sync` of what a crash left
   runs     finding runs again: a branch's newest finished run (the baseline), a pull request's runs
 
@@ -7,9 +8,7 @@ Imports: the atomic-write helper only. Everything else may use this package; it 
 """
 
 from .run import (
-    QUARANTINE,
     RUN_FILE,
-    Spool,
     Tracker,
     dvc_data_hash,
     log_to_training_run,
@@ -18,6 +17,7 @@ from .run import (
     sync_spools,
     tracking_uri,
 )
+from .spool import QUARANTINE, Spool
 
 __all__ = [
     "QUARANTINE", "RUN_FILE", "Spool", "Tracker", "dvc_data_hash", "log_to_training_run", "run_name", "run_tags",
