@@ -136,3 +136,41 @@ def test_update_applies_the_template_change_keeps_user_edits_and_reports_a_confl
     assert text.endswith("A line added by a later version of the template.\n")  # the part that merged cleanly
     assert "UU README.md" in status(conflicting)
     assert "  r: 24\n" in (conflicting / "params.yaml").read_text()
+
+
+def commit_move(template: Path) -> str:
+    """Commit C: a module of the generated package moves (train/outputs.py -> train/saving.py),
+    and its one importer follows: the kind of change a layout change makes. Returns the commit."""
+    package = template / "{{cookiecutter.project_slug}}" / "src" / "{{cookiecutter.package_name}}"
+    git(template, "mv", str(package / "train" / "outputs.py"), str(package / "train" / "saving.py"))
+    importer = package / "train" / "run.py"
+    importer.write_text(importer.read_text().replace("from .outputs import", "from .saving import"))
+    git(template, "commit", "-q", "-am", "C: move a module")
+    return git(template, "rev-parse", "HEAD")
+
+
+def test_update_moves_a_module_and_keeps_the_users_edit_inside_it(template_repo, tmp_path):
+    template, _ = template_repo
+    project = bake(template, tmp_path / "moved")
+    package = project / "src" / SLUG.replace("-", "_")
+    old, new = package / "train" / "outputs.py", package / "train" / "saving.py"
+    # The user's own edit inside the module that will move, and one elsewhere.
+    edited = old.read_text().replace('"""The loss curve as a DVC plot', '"""Our team reads this CSV. The loss curve as a DVC plot', 1)
+    assert edited != old.read_text()
+    old.write_text(edited)
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("  r: 16\n", "  r: 24\n", 1))
+    git(project, "commit", "-q", "-am", "Our edits")
+
+    commit = commit_move(template)
+    done = cruft(project, "update", "--skip-apply-ask")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not old.exists() and new.read_text() == edited  # moved, with the user's line in it
+    assert "from .saving import" in (package / "train" / "run.py").read_text()
+    assert "  r: 24\n" in params.read_text()
+    assert json.loads((project / ".cruft.json").read_text())["commit"] == commit
+    # The moved package still imports and runs: the CLI answers.
+    env = dict(os.environ, PYTHONPATH=str(project / "src"))
+    helped = subprocess.run([sys.executable, "-m", SLUG.replace("-", "_"), "train", "--help"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert helped.returncode == 0 and "--resume" in helped.stdout, helped.stderr[-2000:]
