@@ -1,4 +1,4 @@
-"""The default bake as a user meets it: installed, its own tests, `make smoke`, DVC.
+"""The default bake as a user meets it: installed, its own params, its own tests, `make smoke`, DVC.
 
 These run the baked project's real code on its tiny model (nothing is downloaded).
 """
@@ -31,10 +31,31 @@ def run(*command: str, cwd: Path, timeout: int = 600, **env: str) -> subprocess.
     return result
 
 
+# What a new user changes first, committed as their own: the project's suite (its CI on every pull
+# request) must pass on the user's params.yaml, not only on the template's defaults.
+USERS_OWN_PARAMS = [
+    (r"^  method: \w+", "  method: lora"),
+    (r"^  learning_rate: .*$", "  learning_rate: 1.0e-4"),  # the value the template's tests once "changed" to
+    (r"^  path: data/raw/support\.jsonl", "  path: data/raw"),  # a folder of their own files
+]
+
+
+def use_own_params(project: Path) -> None:
+    path = project / "params.yaml"
+    text = path.read_text()
+    for pattern, line in USERS_OWN_PARAMS:
+        text, count = re.subn(pattern, line, text, count=1, flags=re.M)
+        assert count == 1, f"params.yaml has no line matching {pattern}"
+    path.write_text(text)
+    run("git", "commit", "-q", "-am", "Our own params", cwd=project)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """The default bake (another name, so it cannot clash with a demo install), pip-installed."""
+    """The default bake (another name, so it cannot clash with a demo install), pip-installed,
+    with the parameters a user changes first changed and committed."""
     project = bake(tmp_path_factory.mktemp("baked"), project_name="Baked Check")
+    use_own_params(project)
     run(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "-e", ".", cwd=project)
     return project
 

@@ -177,6 +177,13 @@ def edit(path: str, old: str, new: str):
     return change
 
 
+def lowered_learning_rate(params_text: str) -> tuple[float, float]:
+    """The project's own learning rate and half of it: a change whatever the project's value is
+    (the tests must pass on a user's params.yaml, not only on the template's defaults)."""
+    old = float(yaml.safe_load(params_text)["train"]["learning_rate"])
+    return old, float(f"{old / 2:.1e}")
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A copy of this project as a fresh git repo (main), with one branch per kind of change."""
@@ -192,10 +199,11 @@ def repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     git(path, "commit", "-q", "-m", "main")
     params = (path / "params.yaml").read_text(encoding="utf-8")
     learning_rate = re.search(r"^  learning_rate: .*$", params, re.M).group(0)
+    old_rate, new_rate = lowered_learning_rate(params)
     shas = {
         "main": git(path, "rev-parse", "HEAD"),
         "params": commit_on(path, "lower-lr", "Lower the learning rate",
-                            edit("params.yaml", learning_rate, "  learning_rate: 1.0e-4")),
+                            edit("params.yaml", learning_rate, f"  learning_rate: {new_rate:.1e}")),
         "readme": commit_on(path, "docs", "Docs", edit("README.md", "## First steps", "## First steps (edited)")),
         "comments": commit_on(path, "comments", "Reword a comment",
                               edit("params.yaml", "# Every knob of the pipeline.", "# All the knobs of the pipeline.")),
@@ -228,7 +236,8 @@ def test_decide_trains_a_pull_request_that_changes_a_parameter(repo, tmp_path):
     summary = runner.summary()
     assert "Training decision: **train**" in summary
     assert "| `params.yaml` | parameters |" in summary
-    assert "| `train.learning_rate` | `0.0002` | `0.0001` |" in summary  # from dvc params diff
+    old_rate, new_rate = lowered_learning_rate((path / "params.yaml").read_text(encoding="utf-8"))
+    assert f"| `train.learning_rate` | `{old_rate!r}` | `{new_rate!r}` |" in summary  # from dvc params diff
 
 
 def test_decide_skips_a_readme_only_change(repo, tmp_path):
