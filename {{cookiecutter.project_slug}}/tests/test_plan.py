@@ -465,3 +465,27 @@ def test_estimate_for_the_gpu_a_run_got_matches_the_plan(make_params):
     assert estimate["estimated_hours"] == entry["hours"] > 0
     assert estimate["estimated_cost_usd"] == pytest.approx(entry["hours"] * 0.5)
     assert estimate_for_gpu(params, "not-a-gpu", 1.0) is None
+
+
+def test_positions_allowed_follow_the_declared_rope_scaling():
+    assert plan.positions_allowed({"max_position_embeddings": 8192}) == 8192
+    yarn = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    assert plan.positions_allowed({"max_position_embeddings": 32768, "rope_scaling": yarn}) == 131072
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}  # transformers 5's key
+    assert plan.positions_allowed({"max_position_embeddings": 131072, "rope_parameters": llama3}) == 131072
+    assert plan.positions_allowed({"max_position_embeddings": 4096, "rope_scaling": {"type": "linear", "factor": 2.0}}) == 8192
+    assert plan.positions_allowed({"max_position_embeddings": 4096, "rope_scaling": {"rope_type": "default"}}) == 4096
+    assert plan.positions_allowed({}) == 0
+
+
+def test_the_longest_row_stops_at_the_models_positions(make_params):
+    params = make_params("model.base=google/gemma-2-2b", "model.dtype=auto", "model.method=lora")
+    shape, h100 = plan.KNOWN_SHAPES["gemma-2-2b"], plan.GPUS["H100"]
+    capped = plan.longest_row(shape, plan.base_setup(params), params, h100)
+    assert capped["tokens"] == shape.max_positions == 8192 and capped["bound"] == "positions"
+    # Without the cap, memory alone allows far more: the cap is what bound it.
+    free = plan.longest_row(replace(shape, max_positions=0), plan.base_setup(params), params, h100)
+    assert free["tokens"] > 8192 and free["bound"] == "memory"
+    # On a card where memory runs out first, memory is named.
+    small = plan.longest_row(replace(shape, max_positions=10**7), plan.base_setup(params), params, plan.GPUS["T4"])
+    assert 0 < small["tokens"] < 10**7 and small["bound"] == "memory"

@@ -5,6 +5,8 @@ Sized for a CPU: 4 steps of 2 rows x 256 tokens at a high learning rate, measure
 conversations (3.29 -> 2.80 when written; the bar is 0.2).
 """
 
+import json
+
 import torch
 
 from {{ cookiecutter.package_name }} import data
@@ -37,3 +39,16 @@ def test_lora_on_the_sample_data_lowers_held_out_loss(tmp_path, real_model, samp
     assert metrics["eval_tokens"] == tokens
     assert 2.5 < before < 4.5  # a real instruct model: far below log(vocab) = 10.8 before any training
     assert metrics["eval_loss"] < before - 0.2, (before, metrics["eval_loss"])
+
+
+def test_plan_never_promises_rows_longer_than_the_models_positions(real_model, make_params):
+    from {{ cookiecutter.package_name }}.compute import plan
+
+    config = json.loads((real_model / "config.json").read_text())
+    positions = config["max_position_embeddings"]
+    assert positions == 8192  # SmolLM2-135M-Instruct, as converted from its GGUF file
+    result = plan.make_plan(make_params(f"model.base={real_model}", "model.dtype=auto", "model.method=lora"))
+    rows = {g["gpu"]: g["longest_row"] for g in result["gpus"]}
+    assert rows and all(row["tokens"] <= positions for row in rows.values())
+    assert rows["H100"] == {**rows["H100"], "tokens": positions, "bound": "positions"}
+    assert f"up to {positions:>9,} tokens, limited by the model's positions" in plan.render_table(result)

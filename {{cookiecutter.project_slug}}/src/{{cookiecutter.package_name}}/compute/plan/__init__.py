@@ -67,7 +67,7 @@ from .memory import (
 from .owned import DEFAULT_PAYBACK_MONTHS, DEFAULT_USD_PER_KWH, compare_owned
 from .render import _usd as _usd  # tests/test_plan.py formats dollars as the messages do
 from .render import checkpointing_label, format_plan, render_owned, render_table
-from .shapes import KNOWN_SHAPES, LINEAR_NAMES, ModelShape, load_model_shape, shape_from_config, table_key
+from .shapes import KNOWN_SHAPES, LINEAR_NAMES, ModelShape, load_model_shape, positions_allowed, shape_from_config, table_key
 from .sky_yaml import ACCELERATORS_LINE, WRITE_MARKER, write_sky_candidates
 from .speed import DOWNLOAD_BYTES_PER_S, METHOD_TIME_FACTOR, SETUP_MINUTES, dataset_summary, hours_on, run_workload
 
@@ -77,7 +77,7 @@ __all__ = [
     "NF4_BYTES_PER_PARAM", "SAFETY_MARGIN", "SETUP_MINUTES", "UNMASKED_ATTENTION", "WRITE_MARKER", "BudgetExceeded",
     "MemoryEstimate", "ModelShape", "TrainSetup", "adapter_bytes", "base_setup", "check_budget", "checkpointed_layers",
     "checkpointing_label", "choose_fit", "compare_owned", "dataset_summary", "estimate_for_gpu", "estimate_memory",
-    "format_plan", "gpu_estimate", "hours_on", "layer_activation_bytes", "load_model_shape", "logits_and_loss_bytes",
+    "format_plan", "gpu_estimate", "hours_on", "layer_activation_bytes", "load_model_shape", "positions_allowed", "logits_and_loss_bytes",
     "logits_bytes_per_token", "longest_row", "loss_chunk_tokens", "make_plan", "mlp_activation_bytes", "rank_offers",
     "register", "render_owned", "render_table", "run", "run_workload", "shape_from_config", "table_key",
     "targeted_modules", "usable_gib", "weight_bytes", "write_sky_candidates",

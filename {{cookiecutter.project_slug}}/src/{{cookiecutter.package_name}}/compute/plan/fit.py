@@ -75,23 +75,31 @@ def choose_fit(shape: ModelShape, setup: TrainSetup, params: Params, gpu: GPU) -
 def longest_row(shape: ModelShape, setup: TrainSetup, params: Params, gpu: GPU, step: int = 128) -> dict:
     """The longest data.max_length (a multiple of `step` tokens) that fits `gpu` with one row per
     micro-batch and every lever params allows (checkpointing, host offloading, chunked loss,
-    the attention training would use at that length): its tokens (0 when not even `step` fit),
-    whether it offloads, and the pinned host RAM that takes (GPU memory is the limit planned
-    for; the machine must also have that RAM)."""
+    the attention training would use at that length), and never longer than the model's
+    positions allow: its tokens (0 when not even `step` fit), which limit bound it ("memory" or
+    "positions"), whether it offloads, and the pinned host RAM that takes (GPU memory is the
+    limit planned for; the machine must also have that RAM)."""
     one_row = params.model_copy(update={"train": params.train.model_copy(update={"micro_batch": 1})})
 
     def fit_at(tokens: int) -> dict:
         trial = replace(setup, seq_len=tokens, attention=attention.planned(params.model.attn_implementation, tokens))
         return choose_fit(shape, trial, one_row, gpu)
 
+    def answer(tokens: int, bound: str) -> dict:
+        if not tokens:
+            return {"tokens": 0, "bound": bound, "offload_activations": False, "host_ram_gib": 0.0}
+        best = fit_at(tokens)
+        return {"tokens": tokens, "bound": bound, "offload_activations": best["setup"].offload,
+                "host_ram_gib": round(best["memory"].host_offloaded / GIB, 2)}
+
+    if shape.max_positions and fit_at(shape.max_positions)["fits"]:
+        return answer(shape.max_positions, "positions")  # memory would allow more than the model can place
+    ceiling = shape.max_positions or 2**24
     low, high = 0, step
-    while fit_at(high)["fits"] and high < 2**24:  # double until it no longer fits, then bisect
+    while high < ceiling and fit_at(high)["fits"]:  # double until it no longer fits, then bisect
         low, high = high, high * 2
+    high = min(high, ceiling)
     while high - low > step:
         middle = (low + high) // 2 // step * step
         low, high = (middle, high) if fit_at(middle)["fits"] else (low, middle)
-    if not low:
-        return {"tokens": 0, "offload_activations": False, "host_ram_gib": 0.0}
-    best = fit_at(low)
-    return {"tokens": low, "offload_activations": best["setup"].offload,
-            "host_ram_gib": round(best["memory"].host_offloaded / GIB, 2)}
+    return answer(low, "memory")

@@ -64,7 +64,9 @@ def render_table(plan: dict, top: int = 4) -> str:
     for g in plan["gpus"]:
         row = g["longest_row"]
         host = f" (layer inputs in {row['host_ram_gib']:.1f} GiB of pinned host RAM)" if row["offload_activations"] else ""
-        out.append(f"  {g['gpu']:<10} up to {row['tokens']:>9,} tokens{host}" if row["tokens"] else f"  {g['gpu']:<10} not even 128 tokens")
+        limit = ", limited by the model's positions" if row.get("bound") == "positions" else ", limited by GPU memory"
+        out.append(f"  {g['gpu']:<10} up to {row['tokens']:>9,} tokens{host}{limit}" if row["tokens"]
+                   else f"  {g['gpu']:<10} not even 128 tokens")
     budget = plan["budget"]
     if budget["cheapest_usd"] is not None:
         verdict = "within" if budget["within"] else "OVER"

@@ -29,6 +29,7 @@ class ModelShape:
     head_dim: int = 0  # 0: hidden // heads
     fused_projections: bool = False  # Phi-3: qkv_proj and gate_up_proj
     norms_per_layer: int = 2  # Gemma-2 has four
+    max_positions: int = 0  # the longest sequence its positions allow (RoPE scaling included); 0: unknown
     source: str = "built-in table"
 
     @property
@@ -71,23 +72,23 @@ def _shape(name, hidden, intermediate, layers, heads, kv_heads, vocab, tied, **e
     return ModelShape(name, hidden, intermediate, layers, heads, kv_heads, vocab, tied, **extra)
 
 
-# Published config.json values (hidden, intermediate, layers, heads, kv heads, vocab, tied).
+# Published config.json values (hidden, intermediate, layers, heads, kv heads, vocab, tied; max_position_embeddings).
 KNOWN_SHAPES = {
-    "qwen2.5-0.5b": _shape("Qwen2.5-0.5B", 896, 4864, 24, 14, 2, 151936, True),
-    "qwen2.5-1.5b": _shape("Qwen2.5-1.5B", 1536, 8960, 28, 12, 2, 151936, True),
-    "qwen2.5-3b": _shape("Qwen2.5-3B", 2048, 11008, 36, 16, 2, 151936, True),
-    "qwen2.5-7b": _shape("Qwen2.5-7B", 3584, 18944, 28, 28, 4, 152064, False),
-    "qwen2.5-14b": _shape("Qwen2.5-14B", 5120, 13824, 48, 40, 8, 152064, False),
-    "qwen2.5-32b": _shape("Qwen2.5-32B", 5120, 27648, 64, 40, 8, 152064, False),
-    "qwen2.5-72b": _shape("Qwen2.5-72B", 8192, 29568, 80, 64, 8, 152064, False),
-    "llama-3.2-1b": _shape("Llama-3.2-1B", 2048, 8192, 16, 32, 8, 128256, True),
-    "llama-3.2-3b": _shape("Llama-3.2-3B", 3072, 8192, 28, 24, 8, 128256, True),
-    "llama-3.1-8b": _shape("Llama-3.1-8B", 4096, 14336, 32, 32, 8, 128256, False),
-    "llama-3.1-70b": _shape("Llama-3.1-70B", 8192, 28672, 80, 64, 8, 128256, False),
-    "mistral-7b": _shape("Mistral-7B-v0.3", 4096, 14336, 32, 32, 8, 32768, False),
-    "gemma-2-2b": _shape("Gemma-2-2B", 2304, 9216, 26, 8, 4, 256000, True, head_dim=256, norms_per_layer=4),
-    "gemma-2-9b": _shape("Gemma-2-9B", 3584, 14336, 42, 16, 8, 256000, True, head_dim=256, norms_per_layer=4),
-    "phi-3.5-mini": _shape("Phi-3.5-mini", 3072, 8192, 32, 32, 32, 32064, False, fused_projections=True),
+    "qwen2.5-0.5b": _shape("Qwen2.5-0.5B", 896, 4864, 24, 14, 2, 151936, True, max_positions=32768),
+    "qwen2.5-1.5b": _shape("Qwen2.5-1.5B", 1536, 8960, 28, 12, 2, 151936, True, max_positions=32768),
+    "qwen2.5-3b": _shape("Qwen2.5-3B", 2048, 11008, 36, 16, 2, 151936, True, max_positions=32768),
+    "qwen2.5-7b": _shape("Qwen2.5-7B", 3584, 18944, 28, 28, 4, 152064, False, max_positions=32768),
+    "qwen2.5-14b": _shape("Qwen2.5-14B", 5120, 13824, 48, 40, 8, 152064, False, max_positions=32768),
+    "qwen2.5-32b": _shape("Qwen2.5-32B", 5120, 27648, 64, 40, 8, 152064, False, max_positions=32768),
+    "qwen2.5-72b": _shape("Qwen2.5-72B", 8192, 29568, 80, 64, 8, 152064, False, max_positions=32768),
+    "llama-3.2-1b": _shape("Llama-3.2-1B", 2048, 8192, 16, 32, 8, 128256, True, max_positions=131072),
+    "llama-3.2-3b": _shape("Llama-3.2-3B", 3072, 8192, 28, 24, 8, 128256, True, max_positions=131072),
+    "llama-3.1-8b": _shape("Llama-3.1-8B", 4096, 14336, 32, 32, 8, 128256, False, max_positions=131072),
+    "llama-3.1-70b": _shape("Llama-3.1-70B", 8192, 28672, 80, 64, 8, 128256, False, max_positions=131072),
+    "mistral-7b": _shape("Mistral-7B-v0.3", 4096, 14336, 32, 32, 8, 32768, False, max_positions=32768),
+    "gemma-2-2b": _shape("Gemma-2-2B", 2304, 9216, 26, 8, 4, 256000, True, head_dim=256, norms_per_layer=4, max_positions=8192),
+    "gemma-2-9b": _shape("Gemma-2-9B", 3584, 14336, 42, 16, 8, 256000, True, head_dim=256, norms_per_layer=4, max_positions=8192),
+    "phi-3.5-mini": _shape("Phi-3.5-mini", 3072, 8192, 32, 32, 32, 32064, False, fused_projections=True, max_positions=131072),
 }
 KNOWN_SHAPES["llama-3-8b"] = KNOWN_SHAPES["llama-3.1-8b"]
 KNOWN_SHAPES["llama-3-70b"] = KNOWN_SHAPES["llama-3.1-70b"]
@@ -122,10 +123,30 @@ def shape_from_config(config: dict, name: str, source: str) -> ModelShape:
             head_dim=int(config.get("head_dim") or 0),
             fused_projections=model_type.startswith("phi3"),
             norms_per_layer=4 if model_type.startswith(("gemma2", "gemma3")) else 2,
+            max_positions=positions_allowed(config),
             source=source,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"model.base={name!r}: {source} lacks a decoder shape ({err})") from None
+
+
+def positions_allowed(config: dict) -> int:
+    """The longest sequence a config's positions allow: max_position_embeddings, stretched by the
+    RoPE scaling the config declares (`rope_parameters` in transformers 5, `rope_scaling` before).
+    YaRN and its kin name the original length they scale (factor x original); linear and dynamic
+    scaling scale max_position_embeddings itself. 0 when the config says nothing."""
+    declared = int(config.get("max_position_embeddings") or 0)
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if not isinstance(rope, dict) or not declared:
+        return declared
+    kind = str(rope.get("rope_type") or rope.get("type") or "default")
+    factor = float(rope.get("factor") or 1.0)
+    if kind == "default" or factor <= 1.0:
+        return declared
+    original = int(rope.get("original_max_position_embeddings") or 0)
+    if original:
+        return max(declared, int(original * factor))
+    return int(declared * factor) if kind in ("linear", "dynamic", "yarn") else declared
 
 
 def load_model_shape(base: str) -> ModelShape:
