@@ -9,7 +9,7 @@ import pytest
 from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.evaluate import evaluate
 from {{ cookiecutter.package_name }}.model import loading
-from {{ cookiecutter.package_name }}.train import rows_for_step, train
+from {{ cookiecutter.package_name }}.train import BudgetExceeded, rows_for_step, train
 
 from conftest import smoke_params
 
@@ -83,3 +83,24 @@ def test_sample_order_covers_each_epoch_once_and_is_reproducible():
     assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))
     assert stream == [row for step in range(5) for row in rows_for_step(step, batch, n_rows, seed=1)]
     assert stream[:10] != stream[10:20]  # each epoch is shuffled anew
+
+
+def test_a_stopped_run_leaves_the_run_file_naming_the_adapter_it_describes(make_params):
+    """The run file tells `evaluate` which MLflow run trained outputs/adapter: a later run that
+    stops early (Ctrl-C, a spot notice, the budget) saves no adapter, so it must not move the file."""
+    finished = make_params("train.max_steps=2", "train.log_every_steps=1")
+    data.prepare(finished, log=lambda *_: None)
+    adapter = train(finished, resume="never", log=lambda *_: None)
+    run_file = adapter.parent / "mlflow_run.json"
+    first = json.loads(run_file.read_text())["run_id"]
+    weights = (adapter / "adapter_model.safetensors").read_bytes()
+
+    # The budget guard stops the next run after its first step, as a signal would: same path out.
+    stopped = make_params("train.max_steps=4", "train.log_every_steps=1", "cost.hourly_usd=1000000", "budget.max_run_usd=0.01")
+    with pytest.raises(BudgetExceeded):
+        train(stopped, resume="never", log=lambda *_: None)
+    runs = mlflow.MlflowClient(stopped.tracking.uri).search_runs(
+        [mlflow.MlflowClient(stopped.tracking.uri).get_experiment_by_name(stopped.tracking.experiment).experiment_id])
+    assert {run.info.status for run in runs} == {"FINISHED", "KILLED"}  # the stopped run exists, apart
+    assert json.loads(run_file.read_text())["run_id"] == first
+    assert (adapter / "adapter_model.safetensors").read_bytes() == weights

@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..atomic import WriteFailed
+from ..atomic import WriteFailed, write_text_atomic
 from .spool import QUARANTINE, Spool
 
 RUN_FILE = "mlflow_run.json"  # in train.output_dir: where `evaluate` finds the training run
@@ -216,10 +216,11 @@ class Tracker:
         return sent
 
     def save_run_file(self, output_dir: str | Path) -> None:
+        """Which run trained the adapter in `output_dir`: written (atomically) only once the adapter
+        is there, so an interrupted run never points `evaluate` at an earlier run's adapter."""
         path = Path(output_dir) / RUN_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
         info = {"run_id": self.run_id, "tracking_uri": self.uri, "spool": str(self.spool.dir.resolve())}
-        path.write_text(json.dumps(info, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(info, indent=2) + "\n")
 
 
 def log_to_training_run(

@@ -184,6 +184,7 @@ class Run:
         if self.tracker:
             tracker = self.tracker
             save_adapter(s.accelerator.unwrap_model(s.model), final_weights, s.tokenizer, adapter_dir)
+            tracker.save_run_file(cfg.output_dir)  # with the adapter it describes, never before
             write_loss_csv(self.loss_log, Path(cfg.output_dir) / "train_loss.csv")
             tracker.log_artifact(plot_loss(self.loss_log, Path(cfg.output_dir) / "loss.png", title=params.model.base))
             adapter_mb = sum(f.stat().st_size for f in adapter_dir.iterdir()) / 2**20
@@ -264,7 +265,6 @@ def open_tracker(s: Session, run_dir: Path, restored, recoveries: int, meter: Co
     resume_run_id = restored.state.get("mlflow_run_id") if restored else None
     tags = {"recoveries": str(recoveries), **meter.tags()}
     tracker = Tracker(params, run_dir / "mlflow-spool", resume_run_id=resume_run_id, extra_tags=tags)
-    tracker.save_run_file(params.train.output_dir)
     if params.tracking.system_metrics:
         tracker.start_system_metrics(params.tracking.system_metrics_interval_s)
     return tracker
