@@ -172,9 +172,10 @@ def test_a_multi_gpu_config_that_cannot_work_stops_before_launch(fake_sky, no_ci
     assert launch.resolve(parse("--env", "ACCELERATE_CONFIG=configs/accelerate/fsdp.yaml", "--set", "model.method=lora"))
 
 
-def test_dry_run_prints_the_command_the_task_and_what_skypilot_says(sky_python, tiny_model_dir, tmp_path, no_ci_env):
+def test_dry_run_prints_the_command_the_task_and_what_skypilot_says(sky_python, tmp_path, no_ci_env):
     ci = {"GITHUB_SHA": "1234567890abcdef", "GITHUB_HEAD_REF": "main"}
-    sets = ["--set", "train.max_steps=5", "--set", f"model.base={tiny_model_dir}"]  # a model the plan knows offline
+    model = "Qwen/Qwen2.5-0.5B-Instruct"  # a hub id the VM can download, and the plan knows offline (its built-in table)
+    sets = ["--set", "train.max_steps=5", "--set", f"model.base={model}"]
     result = launch_process("--dry-run", *sets, HF_TOKEN="hf_x", SKY_PYTHON=str(sky_python), HOME=str(tmp_path), **ci)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -184,13 +185,36 @@ def test_dry_run_prints_the_command_the_task_and_what_skypilot_says(sky_python, 
     assert name.endswith("-main-1234567")
     command = next(line for line in lines if line.startswith("# command: "))
     assert f"jobs launch -y -n {name} " in command
-    assert f"'TRAIN_OVERRIDES=--set train.max_steps=5 --set model.base={tiny_model_dir}'" in command
+    assert f"'TRAIN_OVERRIDES=--set train.max_steps=5 --set model.base={model}'" in command
     assert "--secret HF_TOKEN" in command and "hf_x" not in result.stdout
     assert "# SkyPilot parses the task: ok" in lines
     task = yaml.safe_load("\n".join(line for line in lines if not line.startswith("#")))
-    assert task["envs"]["TRAIN_OVERRIDES"] == f"--set train.max_steps=5 --set model.base={tiny_model_dir}"
+    assert task["envs"]["TRAIN_OVERRIDES"] == f"--set train.max_steps=5 --set model.base={model}"
     assert (task["envs"]["GIT_BRANCH"], task["envs"]["GIT_COMMIT"]) == ("main", "1234567890abcdef")
     assert task["resources"]["job_recovery"]["recover_on_exit_codes"] == [75]
+
+
+def test_a_local_model_directory_is_refused_for_the_cloud_before_sky(fake_sky, no_ci_env, monkeypatch, tiny_model_dir):
+    monkeypatch.chdir(PROJECT)
+    with pytest.raises(ConfigError, match=r"model.base='.*' is a directory on this machine: the cloud VM will not have it"):
+        launch.run(parse("--set", f"model.base={tiny_model_dir}"))
+    with pytest.raises(ConfigError, match="a path that does not exist here either"):
+        launch.run(parse("--set", "model.base=./models/typo"))
+    assert fake_sky() == []
+    # The dry run refuses it too, in one line, exit 2; the local backend takes it (it runs here).
+    result = launch_process("--dry-run", "--set", f"model.base={tiny_model_dir}")
+    assert result.returncode == 2 and "the cloud VM will not have it" in result.stderr and "Traceback" not in result.stderr
+    assert launch.resolve(parse("--backend", "local", "--set", f"model.base={tiny_model_dir}"))
+
+
+def test_a_model_directory_uploaded_with_the_workdir_is_accepted(tmp_path):
+    (tmp_path / "models/ours").mkdir(parents=True)
+    (tmp_path / ".cache/tiny").mkdir(parents=True)
+    (tmp_path / ".skyignore").write_text("# not uploaded\n.git/\n.cache/\n")
+    launch.check_model_reaches_the_vm(str(tmp_path / "models/ours"), tmp_path)  # goes up with the code
+    launch.check_model_reaches_the_vm("meta-llama/Llama-3.1-8B", tmp_path)  # a hub id
+    with pytest.raises(ConfigError, match="under a path .skyignore keeps from the upload"):
+        launch.check_model_reaches_the_vm(str(tmp_path / ".cache/tiny"), tmp_path)
 
 
 def test_dry_run_exits_2_on_a_bad_override():

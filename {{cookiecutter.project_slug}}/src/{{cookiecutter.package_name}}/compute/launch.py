@@ -183,6 +183,39 @@ def resolve(args) -> dict[str, Any]:
     }
 
 
+def skyignored(relative: Path, workdir: Path) -> bool:
+    """Whether `.skyignore` (its plain folder and file entries) keeps `relative` out of the upload."""
+    ignore = workdir / ".skyignore"
+    if not ignore.is_file():
+        return False
+    entries = [line.strip().rstrip("/") for line in ignore.read_text(encoding="utf-8").splitlines()]
+    parts = relative.parts
+    return any(entry and not entry.startswith("#") and tuple(Path(entry).parts) == parts[: len(Path(entry).parts)]
+               for entry in entries)
+
+
+def check_model_reaches_the_vm(base: str, workdir: Path) -> None:
+    """A model.base that names a directory on this machine is refused for a cloud launch: the VM
+    gets the workdir (less .skyignore) and the hub, nothing else. A directory inside the workdir
+    that is uploaded with it is fine."""
+    path = Path(base).expanduser()
+    if not (base.startswith(("/", "./", "../", "~")) or path.is_dir()):
+        return  # a hub id: the VM downloads it (HF_TOKEN for gated models)
+    try:
+        inside = path.resolve().relative_to(workdir.resolve())
+    except ValueError:
+        inside = None
+    if path.is_dir() and inside is not None and not skyignored(inside, workdir):
+        return
+    where = ("inside the project but under a path .skyignore keeps from the upload" if inside is not None and path.is_dir()
+             else "a directory on this machine" if path.is_dir() else "a path that does not exist here either")
+    raise ConfigError(
+        f"model.base={base!r} is {where}: the cloud VM will not have it. Use a Hugging Face hub id (a private or "
+        "gated one with HF_TOKEN set), put the model directory inside the project where the workdir upload takes it "
+        "(not under a path listed in .skyignore), or train here with --backend local"
+    )
+
+
 def sky_command(cli: list[str], launch: dict[str, Any]) -> list[str]:
     command = [*cli, "jobs", "launch", "-y", "-n", launch["name"]]
     for key, value in launch["env_changes"].items():
@@ -379,6 +412,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     launch = resolve(args)
+    if args.backend == "sky":  # before the dry run too: what it would launch must be able to run
+        check_model_reaches_the_vm(launch["params"].model.base, Path(launch["resolved"].get("workdir") or "."))
     plan = plan_module()
     if args.dry_run:
         planned = print_dry_run(launch, args, plan)
