@@ -102,7 +102,11 @@ def test_dvc_repro_and_exp_run(tmp_path_factory, installed):
     project = bake(tmp_path_factory.mktemp("dvc"), project_name="Baked Check")
     tiny = project / ".cache/tiny-model"
     run(sys.executable, "-m", PACKAGE, "tiny-model", "--out", str(tiny), cwd=project)
+    # The user's own data file, not the sample's path: DVC must watch what data.path names.
+    ours = project / "data/ours.jsonl"
+    ours.write_text((project / "data/raw/support.jsonl").read_text())
     settings = [
+        "data.path=data/ours.jsonl",
         f"model.base={tiny}", "model.method=lora", "compute.device=cpu", "data.max_length=512",
         "train.max_steps=6", "train.micro_batch=4", "train.global_batch=8", "train.log_every_steps=2",
         "eval.generations=4", "eval.max_new_tokens=16", f"tracking.uri=sqlite:///{project / 'mlflow.db'}",
@@ -121,6 +125,17 @@ def test_dvc_repro_and_exp_run(tmp_path_factory, installed):
     again = run("dvc", "repro", cwd=project)
     assert "didn't change, skipping" in again.stdout
     assert "Running stage" not in again.stdout
+
+    # A record added to the user's file: prepare is out of date (and so what follows it).
+    with ours.open("a") as f:
+        f.write(ours.read_text().splitlines()[0] + "\n")
+    status = run("dvc", "status", "prepare", cwd=project).stdout
+    assert "changed deps" in status and "data/ours.jsonl" in status, status
+    # A change to the loss code (not train/ itself) reruns train.
+    loss = project / "src" / PACKAGE / "model" / "loss.py"
+    loss.write_text(loss.read_text() + "\n# a change to the loss code\n")
+    status = run("dvc", "status", "train", cwd=project).stdout
+    assert "train:" in status and f"src/{PACKAGE}/model" in status, status
 
 
 def test_make_lint_passes_on_the_baked_project(installed):
