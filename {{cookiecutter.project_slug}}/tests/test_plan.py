@@ -401,6 +401,112 @@ def test_cli_table_write_and_bad_input(make_params, catalog, tmp_path, capsys):
         plan.run(cli_args("--params", params, "--owned", "B9000"))
 
 
+# ====================================================================== what the table says
+
+
+def offer_rows(text: str) -> tuple[str, list[list[str]], str]:
+    """(heading, rows split into cells, the line after the rows) of the offers table."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if "by dollars per run:" in line)
+    end = next(i for i in range(start + 2, len(lines)) if not lines[i].strip()[:1].isdigit())
+    return lines[start], [line.split() for line in lines[start + 2:end]], lines[end]
+
+
+def test_the_offers_heading_counts_the_rows_and_gpus_it_shows(make_params, catalog):
+    # L4 on two clouds: more rows than GPUs, which the old "Offers for the N best GPUs" hid.
+    write_catalog(catalog, "runpod", ["1x_RTX4090_SECURE,RTX4090,1,16,62,,0.69,0.34,US,",
+                                      "1x_L4_SECURE,L4,1,12,50,,0.44,0.22,US,"])
+    result = plan.make_plan(real_model(make_params, "train.max_steps=2000"))
+    heading, rows, _ = offer_rows(plan.render_table(result, top=2))
+    gpus = {row[1] for row in rows}
+    assert len(gpus) == 2 and len(rows) > len(gpus)
+    assert all(row[2] in ("aws", "runpod") for row in rows)
+    fitting = len(result["candidates"])
+    assert heading == (f"{len(rows)} spot offers on the 2 cheapest GPUs (--top {fitting} shows all {fitting}), "
+                       "one row per GPU and cloud, by dollars per run:")
+    # Every spot offer of those two GPUs is a row, cheapest first.
+    expected = [o for o in result["ranked"] if o["spot"] and o["gpu"] in gpus]
+    assert [(row[1], row[2]) for row in rows] == [(o["gpu"], o["cloud"]) for o in expected]
+    heading, rows, _ = offer_rows(plan.render_table(result, top=1))
+    assert len({row[1] for row in rows}) == 1 and heading.startswith(f"{len(rows)} spot offer")
+    assert f" on the cheapest GPU (--top {fitting} shows all {fitting})," in heading
+
+
+def test_the_table_says_the_hours_include_setup(make_params, catalog):
+    result = plan.make_plan(real_model(make_params, "train.max_steps=2000"))
+    shape = plan.load_model_shape("Qwen/Qwen2.5-1.5B-Instruct")
+    minutes = plan.SETUP_MINUTES + shape.total_params * 2 / plan.DOWNLOAD_BYTES_PER_S / 60
+    _, rows, after = offer_rows(plan.render_table(result))
+    assert after == (f"  hours include ~{minutes:.0f} min of setup per run (VM start, install, model download), "
+                     "billed but not training")
+    entry = next(g for g in result["gpus"] if g["gpu"] == rows[0][1])
+    assert entry["hours"] == pytest.approx(entry["compute_hours"] + minutes / 60, abs=1e-3)  # the rows' hours hold it
+
+
+def test_many_epochs_over_a_small_dataset_are_warned_with_the_levers(make_params, capsys):
+    from {{ cookiecutter.package_name }} import data
+
+    params = make_params("train.global_batch=8")
+    data.prepare(params, log=lambda *_: None)
+    rows = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())["train"]["rows"]
+    steps = (plan.MANY_EPOCHS * rows) // 8 + 5  # just over the threshold
+    many = plan.make_plan(make_params("train.global_batch=8", f"train.max_steps={steps}"))
+    epochs = round(steps * 8 / rows, 2)
+    assert many["work"]["dataset"]["epochs"] == epochs > plan.MANY_EPOCHS
+    assert many["work"]["dataset"]["many_epochs"] is True
+    (warning,) = many["warnings"]
+    one_epoch = round(rows / 8)
+    assert warning.startswith(f"{epochs} epochs: {steps} steps x 8 rows = {steps * 8:,} rows over {rows:,} prepared "
+                              "training rows")
+    assert f"lower train.max_steps ({one_epoch} steps is one epoch" in warning and "add data (data.path)" in warning
+    table = plan.render_table(many)
+    assert "  WARNING: " + warning[:60] in table and " ".join(table.split()).count(warning) == 1  # wrapped, whole
+    # The JSON carries the same: what a script reads.
+    path = Path(params.data.prepared_dir).parent / "params-epochs.yaml"
+    path.write_text(yaml.safe_dump(make_params("train.global_batch=8", f"train.max_steps={steps}").model_dump()))
+    plan.run(cli_args("--params", str(path), "--json"))
+    output = json.loads(capsys.readouterr().out)
+    assert output["warnings"] == [warning] and output["work"]["dataset"]["many_epochs"] is True
+    # At the threshold or below: no warning.
+    few = plan.make_plan(make_params("train.global_batch=8", f"train.max_steps={(plan.MANY_EPOCHS * rows) // 8}"))
+    assert few["warnings"] == [] and few["work"]["dataset"]["many_epochs"] is False
+    assert "WARNING" not in plan.render_table(few)
+
+
+def test_plot_draws_one_point_per_offer_with_the_cheapest_and_fastest(make_params, catalog, tmp_path, capsys):
+    import matplotlib.image
+    from PIL import Image
+
+    result = plan.make_plan(real_model(make_params, "train.max_steps=2000"))
+    path = tmp_path / "plots" / "offers.png"
+    plotted = plan.plot_offers(result, path)
+    assert plotted["drawn"] == len(plotted["points"]) == len(result["ranked"]) > 4  # spot and on-demand, every cloud
+    assert {(p["gpu"], p["cloud"], p["spot"]) for p in plotted["points"]} == {
+        (o["gpu"], o["cloud"], o["spot"]) for o in result["ranked"]}
+    assert plotted["cheapest"]["usd_per_run"] == result["ranked"][0]["usd_per_run"]
+    fastest = min(o["hours"] for o in result["ranked"])
+    assert plotted["fastest"]["hours"] == fastest and plotted["fastest"]["gpu"] == "H100"
+    assert path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+    assert matplotlib.image.imread(path).ndim == 3  # decodes to pixels
+    # The CLI: the path and the count in the table's output and in the JSON.
+    params = params_file(make_params, tmp_path, "train.max_steps=2000")
+    again = tmp_path / "cli.png"
+    assert plan.run(cli_args("--params", params, "--plot", str(again))) == 0
+    assert f"{again}: dollars per run against hours, {len(result['ranked'])} offers" in capsys.readouterr().out
+    assert again.stat().st_size > 0
+    assert plan.run(cli_args("--params", params, "--json", "--plot", str(again))) == 0
+    assert json.loads(capsys.readouterr().out)["plot"] == {"path": str(again), "points": len(result["ranked"])}
+    # A wrong name fails before any planning, naming the flag.
+    with pytest.raises(ConfigError, match=r"--plot .*offers.pdf: the picture is a PNG"):
+        plan.run(cli_args("--params", params, "--plot", str(tmp_path / "offers.pdf")))
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"--plot .*folder.png: a directory"):
+        plan.run(cli_args("--params", params, "--plot", str(folder)))
+
+
 # =============================================================================== budget
 
 

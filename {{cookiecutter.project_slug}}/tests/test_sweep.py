@@ -8,6 +8,7 @@ on the task files it wrote; no cloud is called.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import stat
@@ -408,6 +409,39 @@ def test_a_sky_sweep_needs_a_tracking_server(tmp_path, prices, fake_sky, tiny_mo
     result = sweep_cli(tmp_path, "--backend", "sky", "--set", "lora.r=2,4", *sets, **prices, **fake_sky)
     assert result.returncode == 2 and "a sky sweep reads every job's live cost from MLflow" in result.stderr
     assert not Path(fake_sky["SKY_LOG"]).exists()
+
+
+def test_a_dry_run_prices_and_prints_without_a_tracking_server(tmp_path, prices, fake_sky, tiny_model_dir, sample_data):
+    """The default SQLite tracking URI: a real sky sweep is refused (above), a dry run is not."""
+    uri = f"sqlite:///{tmp_path / 'x.db'}"
+    sets = tiny_sets(tmp_path, tiny_model_dir, sample_data, f"tracking.uri={uri}")
+    variants = sweep.expand(["lora.r=2,4"])
+    sweep.validate(variants, PARAMS, sets[1::2])
+    total = sweep.price(variants, prices)
+    result = sweep_cli(tmp_path, "--backend", "sky", "--set", "lora.r=2,4", *sets, "--id", "sw-dry", "--dry-run",
+                       **prices, **fake_sky)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for variant, r in zip(variants, ["2", "4"], strict=True):
+        price = sweep._usd(variant.estimate["usd_per_run"])
+        assert any(line.split()[:3] == [variant.name, r, price] for line in out.splitlines() if line.strip())
+        assert f"# {variant.name}: " in out and "jobs launch -y -n " in out and f"-sw-dry-{variant.name} " in out
+    assert f"total {sweep._usd(total)} for 2 variants: within the sweep budget" in out
+    assert f"note: the real sweep needs an MLflow server, not {uri!r}" in out
+    assert not Path(fake_sky["SKY_LOG"]).exists()  # nothing launched
+    assert not (tmp_path / "x.db").exists()  # and MLflow never opened
+
+
+def test_a_dry_run_prints_the_sky_command_without_skypilot(tmp_path, monkeypatch):
+    """SkyPilot is needed to launch, not to show what would be launched (as `launch --dry-run`)."""
+    monkeypatch.delenv("SKY_PYTHON", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no `sky` on PATH
+    monkeypatch.chdir(tmp_path)  # no .venv-sky here
+    args = argparse.Namespace(parallel=1, dry_run=True)
+    backend = sweep.SkyBackend(args, tmp_path)
+    assert backend.cli == ["sky"] and backend.missing.startswith("SkyPilot not found")
+    with pytest.raises(skytask.SkyNotFound):
+        sweep.SkyBackend(argparse.Namespace(parallel=1, dry_run=False), tmp_path)
 
 
 def test_time_is_not_spent_polling_when_a_job_ends(tmp_path):

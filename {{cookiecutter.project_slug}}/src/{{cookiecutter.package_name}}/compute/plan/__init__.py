@@ -13,7 +13,11 @@ Everything here is an ESTIMATE, made before any GPU time is spent:
 - dollars per run for every (GPU, cloud, spot / on-demand) offer (`prices.py`). GPUs that
   do not fit with a safety margin are excluded with the reason; the rest are ranked by
   dollars per RUN: a GPU that is 3x faster at 2x the hourly price is the cheaper one;
+- a warning (table and `warnings` in JSON) when the run passes over the prepared training
+  rows more than MANY_EPOCHS times;
 - `--write`: the GPU candidates line of sky/train.yaml;
+- `--plot PATH.png`: dollars per run against hours, one point per offer, the cheapest and
+  the fastest starred;
 - `--owned GPU`: your own card (energy, optional amortisation) against the cheapest spot
   offer, and the break-even point for buying it, in runs per month;
 - `check_budget`: refuses a plan whose cheapest run exceeds `budget.max_run_usd`.
@@ -30,10 +34,11 @@ One job per module, each using only those above it:
   memory    peak GPU memory of one training step, by component
   gpus      the GPU table, the memory usable on each, offers ranked by dollars per run
   fit       micro-batch, checkpointing and offloading on each GPU; the longest row that fits
-  speed     tokens and FLOPs of the run; hours on a GPU
+  speed     tokens and FLOPs of the run (and too many epochs); hours on a GPU
   render    the plan for people: the table, the own-GPU comparison
   estimate  the whole plan (`make_plan`), the estimate for the GPU a run got, `check_budget`
   owned     `--owned GPU`: your own card against the cheapest spot offer, the break-even
+  plot      `--plot PATH.png`: dollars per run against hours, one point per offer
   sky_yaml  `--write`: the accelerators line of sky/train.yaml
   cli       the `plan` subcommand (`register`, `run`)
 
@@ -65,20 +70,32 @@ from .memory import (
     weight_bytes,
 )
 from .owned import DEFAULT_PAYBACK_MONTHS, DEFAULT_USD_PER_KWH, compare_owned
+from .plot import check_plot_path, plot_offers
 from .render import _usd as _usd  # tests/test_plan.py formats dollars as the messages do
 from .render import checkpointing_label, format_plan, render_owned, render_table
 from .shapes import KNOWN_SHAPES, LINEAR_NAMES, ModelShape, load_model_shape, positions_allowed, shape_from_config, table_key
 from .sky_yaml import ACCELERATORS_LINE, WRITE_MARKER, write_sky_candidates
-from .speed import DOWNLOAD_BYTES_PER_S, METHOD_TIME_FACTOR, SETUP_MINUTES, dataset_summary, hours_on, run_workload
+from .speed import (
+    DOWNLOAD_BYTES_PER_S,
+    MANY_EPOCHS,
+    METHOD_TIME_FACTOR,
+    SETUP_MINUTES,
+    dataset_summary,
+    epochs_warning,
+    hours_on,
+    run_workload,
+)
 
 __all__ = [
     "ACCELERATORS_LINE", "ALLOCATOR_OVERHEAD", "CUDA_CONTEXT_GIB", "DEFAULT_PAYBACK_MONTHS", "DEFAULT_USD_PER_KWH",
-    "DOWNLOAD_BYTES_PER_S", "GIB", "GPU", "GPUS", "KNOWN_SHAPES", "LINEAR_NAMES", "METHOD_TIME_FACTOR",
+    "DOWNLOAD_BYTES_PER_S", "GIB", "GPU", "GPUS", "KNOWN_SHAPES", "LINEAR_NAMES", "MANY_EPOCHS", "METHOD_TIME_FACTOR",
     "NF4_BYTES_PER_PARAM", "SAFETY_MARGIN", "SETUP_MINUTES", "UNMASKED_ATTENTION", "WRITE_MARKER", "BudgetExceeded",
     "MemoryEstimate", "ModelShape", "TrainSetup", "adapter_bytes", "base_setup", "check_budget", "checkpointed_layers",
-    "checkpointing_label", "choose_fit", "compare_owned", "dataset_summary", "estimate_for_gpu", "estimate_memory",
+    "check_plot_path", "checkpointing_label", "choose_fit", "compare_owned", "dataset_summary", "epochs_warning",
+    "estimate_for_gpu", "estimate_memory",
     "format_plan", "gpu_estimate", "hours_on", "layer_activation_bytes", "load_model_shape", "positions_allowed", "logits_and_loss_bytes",
-    "logits_bytes_per_token", "longest_row", "loss_chunk_tokens", "make_plan", "mlp_activation_bytes", "rank_offers",
+    "logits_bytes_per_token", "longest_row", "loss_chunk_tokens", "make_plan", "mlp_activation_bytes", "plot_offers",
+    "rank_offers",
     "register", "render_owned", "render_table", "run", "run_workload", "shape_from_config", "table_key",
     "targeted_modules", "usable_gib", "weight_bytes", "write_sky_candidates",
 ]

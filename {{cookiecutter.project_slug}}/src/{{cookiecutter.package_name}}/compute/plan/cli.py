@@ -10,6 +10,7 @@ from ...config import ConfigError, load_params
 from .estimate import check_budget, make_plan
 from .gpus import GPUS
 from .owned import DEFAULT_PAYBACK_MONTHS, DEFAULT_USD_PER_KWH, compare_owned
+from .plot import check_plot_path, plot_offers
 from .render import render_owned, render_table
 from .sky_yaml import write_sky_candidates
 
@@ -24,6 +25,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     sub.add_argument("--write", action="store_true", help="write the best GPUs into the accelerators line of --sky-yaml")
     sub.add_argument("--sky-yaml", default="sky/train.yaml", help="SkyPilot task to update (default: sky/train.yaml)")
     sub.add_argument("--top", type=int, default=4, metavar="N", help="how many GPU types to show and write (default: 4)")
+    sub.add_argument("--plot", metavar="PATH.png", help="also draw dollars per run against hours, one point per offer, as a PNG")
     sub.add_argument("--owned", metavar="GPU", help=f"compare with your own card ({', '.join(GPUS)})")
     sub.add_argument("--electricity-usd-per-kwh", type=float, default=DEFAULT_USD_PER_KWH, metavar="USD")
     sub.add_argument("--watts", type=float, help="measured draw of the owned card (default: its TDP)")
@@ -42,6 +44,8 @@ def run(args) -> int:
     """
     if args.top < 1:
         raise ConfigError("--top must be at least 1")
+    if args.plot:
+        check_plot_path(args.plot)
     params = load_params(args.params, args.set)
     plan = make_plan(params)
     owned = None
@@ -51,13 +55,19 @@ def run(args) -> int:
             args.expected_runs, args.payback_months,
         )
     written = write_sky_candidates(plan, args.sky_yaml, args.top) if args.write else None
+    # No offer at all: nothing to draw, and check_budget below says why.
+    plotted = plot_offers(plan, args.plot) if args.plot and plan["ranked"] else None
     if args.json:
-        print(json.dumps({**plan, "owned": owned, "written": written}, indent=2))
+        plot = {"path": plotted["path"], "points": len(plotted["points"])} if plotted else None
+        print(json.dumps({**plan, "owned": owned, "written": written, "plot": plot}, indent=2))
     else:
         print(render_table(plan, args.top))
         if owned:
             print(render_owned(owned))
         if written:
             print(f"\n{args.sky_yaml}: accelerators = {', '.join(written)}")
+        if plotted:
+            print(f"\n{plotted['path']}: dollars per run against hours, {len(plotted['points'])} offers, "
+                  "the cheapest and the fastest starred")
     check_budget(plan, params)
     return 0

@@ -14,7 +14,7 @@ from .gpus import GPU, GPUS, rank_offers, usable_gib
 from .memory import TrainSetup, targeted_modules
 from .render import _usd
 from .shapes import ModelShape, load_model_shape
-from .speed import dataset_summary, hours_on, run_workload
+from .speed import dataset_summary, epochs_warning, hours_on, run_workload
 
 
 class BudgetExceeded(Exception):
@@ -79,6 +79,8 @@ def make_plan(params: Params, environ=None) -> dict:
             "within": bool(cheapest) and cheapest["usd_per_run"] <= params.budget.max_run_usd,
         },
         "spot": params.compute.spot,
+        # Things the numbers above are fine with but the run may not be: said in the table too.
+        "warnings": [w for w in (epochs_warning(work),) if w],
     }
 
 

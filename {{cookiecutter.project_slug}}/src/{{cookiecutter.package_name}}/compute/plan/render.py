@@ -3,6 +3,8 @@ the longest rows and the budget; the own-GPU comparison. Reads the plan's dictio
 
 from __future__ import annotations
 
+import textwrap
+
 
 def render_table(plan: dict, top: int = 4) -> str:
     """The plan for people: workload, memory of the best choice, ranked offers, exclusions."""
@@ -22,6 +24,8 @@ def render_table(plan: dict, top: int = 4) -> str:
         out.append(f"  dataset: {ds['rows']} packed rows, {ds['epochs']} epochs, ~{real:.1f}M real tokens")
     else:
         out.append("  dataset: not prepared yet (run `prepare` for epochs and real tokens)")
+    for warning in plan.get("warnings", []):
+        out.append(textwrap.fill(warning, width=100, initial_indent="  WARNING: ", subsequent_indent="    "))
     out.append(f"  prices: {plan['prices']['source']}")
 
     best = plan["cheapest"]
@@ -45,9 +49,10 @@ def render_table(plan: dict, top: int = 4) -> str:
         if entry["memory"]["host_ram"]:
             out.append(f"  {'host RAM (pinned): offloaded layer inputs':<46} {entry['memory']['host_ram']:7.2f} GiB")
 
-    kind = "spot" if plan["spot"] else "on-demand"
-    shown = [o for o in plan["ranked"] if o["gpu"] in plan["candidates"][:top] and o["spot"] == plan["spot"]]
-    out += ["", f"Offers for the {min(top, len(plan['candidates']))} best GPUs ({kind}), by dollars per run:",
+    # The kind the plan picked from: the asked one, else (no offer of it in the prices) the other.
+    spot = best["spot"] if best else plan["spot"]
+    shown = [o for o in plan["ranked"] if o["gpu"] in plan["candidates"][:top] and o["spot"] == spot]
+    out += ["", _offers_heading(shown, spot, plan["spot"], len(plan["candidates"]), top),
             f"  {'#':>3}  {'GPU':<10} {'cloud':<7} {'region':<13} {'$/h':>6} {'mb':>3} {'ckpt':>4} "
             f"{'GiB':>6} {'hours':>6} {'$/run':>8}"]
     for position, offer in enumerate(shown, start=1):
@@ -58,6 +63,10 @@ def render_table(plan: dict, top: int = 4) -> str:
         )
     if not shown:
         out.append("  (none)")
+    else:
+        setup_hours = next(g["setup_hours"] for g in plan["gpus"] if g["gpu"] == shown[0]["gpu"])
+        out.append(f"  hours include ~{setup_hours * 60:.0f} min of setup per run (VM start, install, model download), "
+                   "billed but not training")
     if plan["excluded"]:
         out += ["", "Excluded:"] + [f"  {e['gpu']}: {e['reason']}" for e in plan["excluded"]]
     out += ["", "Longest row that fits (micro_batch 1, with the checkpointing and offloading params allow):"]
@@ -76,6 +85,19 @@ def render_table(plan: dict, top: int = 4) -> str:
 
 
 format_plan = render_table  # the name `launch --dry-run` looks for
+
+
+def _offers_heading(shown: list[dict], spot: bool, asked_spot: bool, fitting: int, top: int) -> str:
+    """What the offers table holds, counted: one row per GPU and cloud, so more rows than GPUs."""
+    if not shown:
+        return "Offers, by dollars per run:"
+    kind = "spot" if spot else "on-demand"
+    gpus = len({o["gpu"] for o in shown})
+    which = "the cheapest GPU" if gpus == 1 else f"the {gpus} cheapest GPUs"
+    more = f" (--top {fitting} shows all {fitting})" if fitting > top else ""
+    other = f" (no {'spot' if asked_spot else 'on-demand'} offer in the prices)" if spot != asked_spot else ""
+    return f"{len(shown)} {kind} {'offer' if len(shown) == 1 else 'offers'}{other} on {which}{more}, " \
+           "one row per GPU and cloud, by dollars per run:"
 
 
 def checkpointing_label(fraction: float, every: str, none: str) -> str:

@@ -18,6 +18,11 @@ from .shapes import ModelShape
 SETUP_MINUTES = 8.0
 DOWNLOAD_BYTES_PER_S = 200e6
 
+# More passes over the training rows than this and a LoRA run mostly memorises them: the
+# eval loss turns up while the training loss keeps falling. The plan warns (it does not refuse:
+# a deliberate overfit, e.g. a smoke test, is allowed).
+MANY_EPOCHS = 10
+
 # Relative step time of the adapter variants against plain LoRA on the same GPU.
 # QLoRA dequantizes every weight on every pass: "LoRA is about 66% faster than QLoRA"
 # (https://cloud.google.com/vertex-ai/generative-ai/docs/model-garden/lora-qlora).
@@ -56,13 +61,35 @@ def run_workload(shape: ModelShape, params: Params, summary: dict | None) -> dic
         "dataset": None,
     }
     if train.get("rows"):
+        epochs = rows / train["rows"]
         work["dataset"] = {
             "rows": train["rows"],
+            "examples": train.get("examples"),
             "tokens": train.get("tokens"),
-            "epochs": round(rows / train["rows"], 2),
+            "epochs": round(epochs, 2),
             "real_tokens_per_run": round(rows * train.get("tokens", 0) / train["rows"]),
+            "many_epochs": epochs > MANY_EPOCHS,
+            "many_epochs_above": MANY_EPOCHS,
+            "steps_per_epoch": round(train["rows"] / params.train.global_batch, 2),
         }
     return work
+
+
+def epochs_warning(work: dict) -> str | None:
+    """The run passes over the prepared training rows more than MANY_EPOCHS times: the numbers
+    and the levers, or None."""
+    ds = work["dataset"]
+    if not ds or not ds["many_epochs"]:
+        return None
+    examples = f" ({ds['examples']} examples)" if ds.get("examples") else ""
+    one_epoch = max(1, round(ds["steps_per_epoch"]))
+    return (
+        f"{ds['epochs']} epochs: {work['steps']} steps x {work['global_batch']} rows = "
+        f"{work['steps'] * work['global_batch']:,} rows over {ds['rows']:,} prepared training rows{examples}, "
+        f"more than {ds['many_epochs_above']} passes, so the adapter will likely memorise the data; "
+        f"lower train.max_steps ({one_epoch} steps is one epoch, {3 * one_epoch} is three) "
+        f"or add data (data.path)"
+    )
 
 
 def hours_on(gpu: GPU, work: dict, setup: TrainSetup, shape: ModelShape) -> dict:

@@ -67,7 +67,13 @@ class SkyBackend:
     def __init__(self, args, sweep_dir: Path):
         self.args, self.sweep_dir = args, sweep_dir
         self.parallel = args.parallel
-        self.cli = skytask.find_sky_cli()
+        self.missing = ""  # why SkyPilot was not found, for a dry run's note
+        try:
+            self.cli = skytask.find_sky_cli()
+        except skytask.SkyNotFound as err:
+            if not getattr(args, "dry_run", False):
+                raise
+            self.cli, self.missing = ["sky"], str(err)  # a dry run only prints the command, as `launch --dry-run`
 
     def task_file(self, launched: dict, variant: Variant) -> Path:
         """The resolved task of one variant: its envs (overrides, sweep tags) in the file."""

@@ -22,6 +22,7 @@ from .variants import SweepError, Variant, check_sweep_id, expand, new_sweep_id,
 
 SWEEP_DIR = ".cache/sweeps"  # per-variant task files, logs, summary.json (ignored by git and SkyPilot)
 SERVER_SCHEMES = ("http://", "https://", "databricks")
+SERVER_HINT = "set tracking.uri (or MLFLOW_TRACKING_URI) to an http(s) MLflow server"
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -66,10 +67,11 @@ def run(args) -> int:
     check_sweep_budget(variants, total, budget)
 
     uri = tracking_uri(base)
-    if args.backend == "sky" and not uri.startswith(SERVER_SCHEMES):
+    needs_server = args.backend == "sky" and not uri.startswith(SERVER_SCHEMES)
+    if needs_server and not args.dry_run:  # a dry run only prices and prints: it reads no costs
         raise SweepError(
             f"MLflow tracking URI {uri!r}: a sky sweep reads every job's live cost from MLflow, so the jobs and "
-            "this machine need one server: set tracking.uri (or MLFLOW_TRACKING_URI) to an http(s) MLflow server"
+            "this machine need one server: " + SERVER_HINT
         )
     sweep_dir = Path(args.sweep_dir) / sweep_id
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +94,11 @@ def run(args) -> int:
                 print(f"# {variant.name}: {shlex.join(backend.command(launched, variant))}")
             else:
                 print(f"# {variant.name}: run section of {args.task} as task local-{launched['name']}: {variant.set_line}")
+        if getattr(backend, "missing", ""):
+            print(f"note: {backend.missing}")
+        if needs_server:
+            print(f"note: the real sweep needs an MLflow server, not {uri!r} (the jobs log their live costs to it): "
+                  + SERVER_HINT)
         return EXIT_OK
 
     experiments = list(dict.fromkeys(v.params.tracking.experiment for v in variants))
