@@ -268,7 +268,9 @@ def test_prepare_show_marks_the_trained_text_and_writes_nothing(tmp_path, tiny_m
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith(f"2 of {len(lines)} examples of {sample_data}") and "trained text between [[ and ]]" in out
-    assert f"--- {sample_data}:1: " in out and f"--- {sample_data}:2: " in out and f"{sample_data}:3:" not in out
+    # The first record and the middle one: spread through the file, each with its line.
+    assert [line.split(": ")[0] for line in out.splitlines() if line.startswith("--- ")] == [
+        f"--- {sample_data}:1", f"--- {sample_data}:{len(lines) // 2 + 1}"]
     answers = [m["content"] for m in first if m["role"] == "assistant"]
     for answer in answers:
         assert f"<|im_start|>assistant\n[[{answer}<|im_end|>\n]]" in out

@@ -16,10 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.image as mpimg
 import numpy as np
 import psutil
 import pytest
 import torch
+from matplotlib.colors import to_rgb
 
 from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.model import loading
@@ -100,6 +102,77 @@ def test_prepare_writes_the_rows_of_a_straightforward_in_memory_reference(make_p
     assert [json.loads(p) for p in prompts] == [data.held_out_prompt(e) for _, e in val[: params.eval.generations]]
 
 
+def mixed_folder(folder: Path, sample_lines: list[str]) -> Path:
+    """A user's folder of several files and shapes: OpenAI `messages` JSON Lines, ShareGPT JSON
+    Lines with some conversations too long for 400 tokens, and an Alpaca JSON array."""
+    folder.mkdir()
+    records = [json.loads(line) for line in sample_lines]
+    (folder / "a_support.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:120]))
+    speaker = {"system": "system", "user": "human", "assistant": "gpt"}
+    sharegpt = [{"conversations": [{"from": speaker[m["role"]], "value": m["content"] * (6 if i % 5 == 0 else 1)}
+                                   for m in r["messages"]]} for i, r in enumerate(records[120:180])]
+    (folder / "b_sharegpt.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sharegpt))
+    alpaca = [{"instruction": next(m["content"] for m in r["messages"] if m["role"] == "user"),
+               "output": next(m["content"] for m in r["messages"] if m["role"] == "assistant")} for r in records[180:210]]
+    (folder / "c_alpaca.json").write_text(json.dumps(alpaca, indent=2))
+    return folder
+
+
+def at_least(share: float, lengths: list[int]) -> int:
+    """The shortest length that `share` of the examples are no longer than."""
+    return sorted(lengths)[-(-len(lengths) * round(share * 100) // 100) - 1]
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_prepare_counts_each_file_and_summarises_the_token_lengths(make_params, tokenizer, tmp_path, monkeypatch, num_proc):
+    monkeypatch.setattr(prepare_stage, "CHUNK", 16)  # each JSON Lines file in several parts, read by several processes
+    monkeypatch.setattr(prepare_stage, "FILES_LOGGED", 2)
+    folder = mixed_folder(tmp_path / "raw", Path(make_params().data.path).read_text().splitlines())
+    params = make_params(f"data.path={folder}", "data.max_length=400", f"data.num_proc={num_proc}")
+    logged = []
+    summary = data.prepare(params, tokenizer, log=logged.append)
+
+    # The reference: every record encoded here, one by one, grouped by the file its `where` names.
+    by_file: dict[str, list[tuple[int, int]]] = {}
+    for where, example in data.read_examples(folder):
+        ids, labels = data.encode(tokenizer, example, params.data.train_on)
+        by_file.setdefault(where.rsplit(":", 1)[0], []).append((len(ids), sum(label != data.IGNORE for label in labels[1:])))
+    expected = []
+    for name, shape in (("a_support.jsonl", "chat"), ("b_sharegpt.jsonl", "sharegpt"), ("c_alpaca.json", "instruction")):
+        examples = by_file[str(folder / name)]
+        too_long = sum(length > 400 for length, _ in examples)
+        no_labels = sum(length <= 400 and trained == 0 for length, trained in examples)
+        expected.append({"file": str(folder / name), "shape": shape, "records": len(examples),
+                         "kept": len(examples) - too_long - no_labels, "dropped_too_long": too_long,
+                         "dropped_no_labels": no_labels, "median_tokens": at_least(0.5, [n for n, _ in examples])})
+    assert summary["files"] == expected
+    assert [f["records"] for f in expected] == [120, 60, 30]
+    assert expected[0]["dropped_too_long"] == 0 and expected[1]["dropped_too_long"] >= 10  # the long ShareGPT ones
+    assert sum(f["kept"] for f in expected) == summary["train"]["examples"] + summary["val"]["examples"]
+    assert sum(f["dropped_too_long"] for f in expected) == summary["train"]["dropped_too_long"] + summary["val"]["dropped_too_long"]
+    lengths = [n for examples in by_file.values() for n, _ in examples]
+    assert summary["lengths"] == {"min": min(lengths), "median": at_least(0.5, lengths), "p95": at_least(0.95, lengths),
+                                  "max": max(lengths), "over_max_length": sum(n > 400 for n in lengths)}
+    assert json.loads((Path(params.data.prepared_dir) / "summary.json").read_text()) == summary
+
+    # Said in the log, a line per file and one for the lengths.
+    a, b = expected[:2]
+    assert f"{folder}/a_support.jsonl (chat): 120 records, all kept; median {a['median_tokens']} tokens" in logged
+    assert (f"{folder}/b_sharegpt.jsonl (sharegpt): 60 records, {b['kept']} kept, dropped {b['dropped_too_long']} longer "
+            f"than data.max_length=400; median {b['median_tokens']} tokens") in logged
+    stats = summary["lengths"]
+    assert (f"tokens per example: min {stats['min']}, median {stats['median']}, p95 {stats['p95']}, max {stats['max']}; "
+            f"{stats['over_max_length']} longer than data.max_length=400") in logged
+    assert "... and 1 more file (summary.json lists every file)" in logged  # a line per file up to FILES_LOGGED
+    assert logged[-1] == f"histogram of tokens per example: {params.data.prepared_dir}/lengths.png"
+
+    # The histogram: a PNG next to summary.json, the dropped lengths in red beside the kept in blue.
+    image = mpimg.imread(Path(params.data.prepared_dir) / "lengths.png")[..., :3]
+    assert image.shape == (350, 600, 3)
+    for colour in ("tab:blue", "tab:red"):
+        assert (np.abs(image - to_rgb(colour)).max(axis=2) < 0.02).sum() > 100, colour
+
+
 def test_packing_plan_is_best_fit_decreasing_and_fills_rows(make_params, tokenizer):
     for seed in range(3):
         rng = random.Random(seed)
@@ -121,7 +194,7 @@ def test_num_proc_does_not_change_a_byte(make_params, tokenizer, tmp_path, monke
         folder = Path(params.data.prepared_dir)
         outputs[num_proc] = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
     assert sorted(outputs[1]) == sorted(outputs[2]) == [
-        "held_out_prompts.jsonl", "summary.json",
+        "held_out_prompts.jsonl", "lengths.png", "summary.json",
         *(f"{split}/{column}.npy" for split in ("train", "val") for column in ("input_ids", "labels", "position_ids", "real_tokens")),
     ]
     assert outputs[1] == outputs[2]
@@ -138,7 +211,7 @@ def test_spawned_processes_write_the_same_bytes_as_one_process(make_params, toke
         data.prepare(params, tokenizer, **quiet)
         folder = Path(params.data.prepared_dir)
         outputs[method] = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-    assert len(outputs["spawn"]) == 10 and outputs["spawn"] == outputs["fork"]
+    assert len(outputs["spawn"]) == 11 and outputs["spawn"] == outputs["fork"]
 
 
 def test_a_record_that_cannot_be_encoded_is_named_by_its_line_and_nothing_is_written(make_params, tokenizer, tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ import pytest
 from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.evaluate import evaluate
 from {{ cookiecutter.package_name }}.model import loading
-from {{ cookiecutter.package_name }}.train import BudgetExceeded, rows_for_step, train
+from {{ cookiecutter.package_name }}.train import BudgetExceeded, outputs, rows_for_step, train
+from test_loss_plot import marker_misses
 
 from conftest import smoke_params
 
@@ -31,6 +32,14 @@ def test_loss_falls(trained):
     losses = [float(line.split(",")[1]) for line in lines[1:]]
     assert len(losses) == params.train.max_steps // params.train.log_every_steps
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_the_loss_png_marks_every_logged_point(trained):
+    params, _, _ = trained
+    rows = open(params.train.output_dir + "/train_loss.csv").read().splitlines()[1:]
+    log = [(int(step), float(loss)) for step, loss in (row.split(",") for row in rows)]
+    figure = outputs.loss_figure(log, params.model.base)  # drawn as the trainer drew it, to find the points
+    assert marker_misses(params.train.output_dir + "/loss.png", figure, log, outputs.TRAIN_COLOUR) == []
 
 
 def test_adapter_is_saved_in_peft_format_and_reloads(trained):

@@ -10,6 +10,9 @@ Built for datasets of any size, in bounded memory:
   3. plan the packing of each split from the examples' lengths (best-fit decreasing);
   4. build and write the rows a block at a time, blocks on every core.
 The output folder appears whole or not at all; the rows are identical whatever `num_proc` is.
+Besides the rows: summary.json (per split, per source file, the examples' token lengths),
+lengths.png (their histogram) and held_out_prompts.jsonl. The per-file counts and the lengths
+come from what the passes already return (each part's record count, each example's length).
 """
 
 from __future__ import annotations
@@ -274,7 +277,7 @@ def prepare(params, tokenizer=None, log=print) -> dict:
     # A first pass reads and checks every record, so a bad line is reported before a tokenizer
     # is downloaded (and the progress bar knows the total).
     examples = read_examples(cfg.path, cfg.format)
-    files = _file_states(examples)
+    states = _file_states(examples)
     checked = _check(examples, num_processes(cfg.num_proc))
     records = sum(count for _, count in checked)
     shapes = sorted(set(examples.shapes.values()))
@@ -290,18 +293,30 @@ def prepare(params, tokenizer=None, log=print) -> dict:
     with atomic_dir(cfg.prepared_dir) as tmp:
         store = TokenStore(tmp / ".tokens")
         trained, prompts = _tokenize(params, tokenizer, store, examples, checked)
-        if _file_states(examples) != files:
+        if _file_states(examples) != states:
             raise DataError(f"{cfg.path}: changed while being prepared; run `prepare` again")
         lengths, offsets = store.close()
+        # Before packing, which may stop the stage: what the data holds is worth seeing either way.
+        files = per_file(examples, checked, lengths, trained, cfg.max_length)
+        length_stats = length_summary(lengths, cfg.max_length)
+        for entry in files[:FILES_LOGGED]:
+            log(_file_line(entry, cfg.max_length))
+        if (more := len(files) - FILES_LOGGED) > 0:
+            log(f"... and {more} more file{'s' if more > 1 else ''} (summary.json lists every file)")
+        log(_lengths_line(length_stats, cfg.max_length))
+        plot_lengths(lengths, cfg.max_length, tmp / LENGTHS_PNG, length_stats)
         splits, val = split_and_pack(tmp, store, lengths, offsets, trained, cfg, pad_id, log)
         summary: dict = {"source": str(cfg.path), "records": len(lengths), "format": cfg.format, "shapes": shapes, **splits}
         summary["max_length"] = cfg.max_length
         summary["tokenizer"] = params.model.base
+        summary["lengths"] = length_stats
+        summary["files"] = files
         store.remove()
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         # The first validation records: the smallest keys overall, as many as there are validation records.
         prompts = prompts[: len(val)]
         (tmp / "held_out_prompts.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))
+    log(f"histogram of tokens per example: {Path(cfg.prepared_dir) / LENGTHS_PNG}")  # once it is there
     return summary
 
 
@@ -328,6 +343,86 @@ def split_and_pack(folder: Path, store: TokenStore, lengths, offsets, trained, c
         log(f"{name}: {stats['examples']} examples -> {stats['rows']} rows of {cfg.max_length} tokens, "
             f"packing efficiency {stats['packing_efficiency']:.1%}; dropped {dropped}")
     return splits, val
+
+
+# ------------------------------------------------------------------ what the data holds
+
+LENGTHS_PNG = "lengths.png"
+FILES_LOGGED = 20  # a line each in the log; summary.json has them all
+
+
+def per_file(examples: Examples, checked: list[tuple[Part, int]], lengths, trained, max_length: int) -> list[dict]:
+    """Each source file's records, and how many of them are kept or dropped and why (as
+    `split_and_pack` drops them). A file's parts are consecutive in `checked`, and its examples
+    consecutive in `lengths` and `trained`."""
+    files, first = [], 0
+    for label, group in groupby(checked, key=lambda checked_part: checked_part[0].source.label):
+        count = sum(part_count for _, part_count in group)
+        mine = slice(first, first + count)
+        first += count
+        too_long = lengths[mine] > max_length
+        no_labels = ~too_long & (trained[mine] == 0)
+        files.append({
+            "file": label, "shape": examples.shapes.get(label), "records": count,
+            "kept": int(count - too_long.sum() - no_labels.sum()),
+            "dropped_too_long": int(too_long.sum()), "dropped_no_labels": int(no_labels.sum()),
+            "median_tokens": _percentile(lengths[mine], 50) if count else None,
+        })
+    return files
+
+
+def _percentile(lengths, q: float) -> int:
+    """The length that q% of the examples are no longer than: always some example's length."""
+    return int(np.percentile(lengths, q, method="inverted_cdf"))
+
+
+def length_summary(lengths, max_length: int) -> dict:
+    """Tokens per example (every record, before any is dropped): what to choose data.max_length by."""
+    return {"min": int(lengths.min()), "median": _percentile(lengths, 50), "p95": _percentile(lengths, 95),
+            "max": int(lengths.max()), "over_max_length": int((lengths > max_length).sum())}
+
+
+def _file_line(entry: dict, max_length: int) -> str:
+    dropped = [f"{entry['dropped_too_long']} longer than data.max_length={max_length}"] if entry["dropped_too_long"] else []
+    dropped += [f"{entry['dropped_no_labels']} with nothing to train on"] if entry["dropped_no_labels"] else []
+    if not entry["records"]:
+        return f"{entry['file']}: no records"
+    kept = f"{entry['kept']} kept, dropped {', '.join(dropped)}" if dropped else "all kept"
+    return f"{entry['file']} ({entry['shape']}): {entry['records']} records, {kept}; median {entry['median_tokens']} tokens"
+
+
+def _lengths_line(stats: dict, max_length: int) -> str:
+    return (f"tokens per example: min {stats['min']}, median {stats['median']}, p95 {stats['p95']}, max {stats['max']}; "
+            f"{stats['over_max_length']} longer than data.max_length={max_length}")
+
+
+def plot_lengths(lengths, max_length: int, path: Path, stats: dict) -> None:
+    """The histogram of tokens per example: those longer than data.max_length (dropped) in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
+    edges = np.histogram_bin_edges(lengths, bins=min(50, int(lengths.max() - lengths.min()) + 1))
+    over = lengths > max_length
+    # Counted by numpy (matplotlib's own counting takes seconds for millions of examples), stacked
+    # so that a bin straddling the limit shows both parts at its true height.
+    groups = [(lengths[~over], "tab:blue", f"{int((~over).sum())} within data.max_length={max_length}")]
+    groups += [(lengths[over], "tab:red", f"{int(over.sum())} longer: dropped")] if over.any() else []
+    axes.hist([edges[:-1]] * len(groups), bins=edges, weights=[np.histogram(g, edges)[0] for g, _, _ in groups],
+              stacked=True, color=[c for _, c, _ in groups], label=[label for _, _, label in groups])
+    if max_length <= lengths.max() * 1.25:  # the limit in view only when it is near the data
+        axes.axvline(max_length, color="tab:red", linestyle="--", linewidth=1)
+    axes.set(xlabel="tokens", ylabel="examples",
+             title=f"tokens per example: median {stats['median']}, p95 {stats['p95']}, max {stats['max']}")
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    try:
+        figure.savefig(path)
+    finally:  # a full disk stops the stage; the figure is not kept either way
+        plt.close(figure)
 
 
 def _file_states(examples: Examples) -> list[tuple]:
