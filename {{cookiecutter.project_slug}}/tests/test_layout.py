@@ -28,15 +28,16 @@ MAY_IMPORT = {
     "evaluate": {"atomic", "config", "model", "data", "tracking"},
     "report": {"config", "tracking", "evaluate", "compute"},
     "merge": {"atomic", "config", "model", "data"},
+    "chat": {"config", "model", "data"},
     "tiny": {"atomic", "data"},
     "bench": {"config", "model", "data", "train"},
     "cli": {"atomic", "config", "tracking", "model", "data", "compute", "train", "evaluate", "report", "merge", "tiny",
-            "bench"},
+            "bench", "chat"},
     "__main__": {"cli"},
     "__init__": set(),
 }
 # The top level holds the CLI, the config, the atomic-write helper and a few single-purpose modules.
-TOP_LEVEL_MODULES = {"__init__", "__main__", "cli", "config", "atomic", "report", "merge", "tiny", "bench"}
+TOP_LEVEL_MODULES = {"__init__", "__main__", "cli", "config", "atomic", "report", "merge", "tiny", "bench", "chat"}
 
 
 def module_name(path: Path) -> str:
