@@ -90,6 +90,29 @@ def test_bad_records_name_file_and_line(tmp_path, fmt, lines, bad_line, message)
     assert message in str(err.value)
 
 
+def test_a_missing_data_file_says_what_brings_it_back(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a project whose data has not been pulled
+
+    def error(path):
+        with pytest.raises(data.DataError) as err:
+            data.read_records(path, "chat")
+        return str(err.value)
+
+    # The template's sample: DVC has it, and `make data` writes it again.
+    assert error("data/raw/support.jsonl") == (
+        "data/raw/support.jsonl: file not found; run `dvc pull`, or `make data` to regenerate the sample"
+    )
+    # The user's own data, tracked by DVC (the file, or a folder holding it): `make data` would
+    # only write the sample.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/mine.jsonl.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef\n  path: mine.jsonl\n")
+    assert error("data/mine.jsonl") == "data/mine.jsonl: file not found; DVC tracks it (data/mine.jsonl.dvc): run `dvc pull`"
+    (tmp_path / "corpus.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: corpus\n")
+    assert error("corpus/part-1.jsonl") == "corpus/part-1.jsonl: file not found; DVC tracks it (corpus.dvc): run `dvc pull`"
+    # Neither: most likely a typo in data.path.
+    assert error("data/mien.jsonl") == "data/mien.jsonl: file not found; check data.path in params.yaml"
+
+
 def test_empty_dataset_is_refused(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("\n\n")
@@ -101,7 +124,7 @@ def test_prepare_reports_drops_and_writes_all_outputs(make_params, tokenizer, tm
     params = make_params("data.max_length=160")
     summary = data.prepare(params, tokenizer, log=lambda *_: None)
     prepared = tmp_path / "prepared"
-    assert sorted(p.name for p in prepared.iterdir()) == ["held_out_prompts.jsonl", "summary.json", "train", "val"]
+    assert sorted(p.name for p in prepared.iterdir()) == ["held_out_prompts.jsonl", "lengths.png", "summary.json", "train", "val"]
     prompts = [json.loads(line) for line in (prepared / "held_out_prompts.jsonl").read_text().splitlines()]
     assert len(prompts) == params.eval.generations
     assert all(p["messages"][-1]["role"] == "user" and p["reference"] for p in prompts)

@@ -143,6 +143,20 @@ def test_reading_is_lazy_and_can_start_again(tmp_path):
         list(examples)
 
 
+@pytest.mark.parametrize("name, text, error", [
+    ("data.jsonl", '{"text": "a"}\n{"text": "no end\n', '2: not valid JSON (Unterminated string starting at column 10)'),
+    ("data.jsonl", '{"text": "a\tb"}\n', '1: not valid JSON (Invalid control character at column 12)'),
+    ("data.csv", 'messages\n"[{""role"": ""user}]"\n', "2: column 'messages' is not valid JSON (Unterminated string starting at column 11)"),
+])
+def test_json_errors_say_where_once(tmp_path, name, text, error):
+    # Python's own message ends with "at" ("... starting at"): not "at at column".
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(data.DataError) as err:
+        list(data.read_examples(path))
+    assert str(err.value) == f"{path}:{error}"
+
+
 # --- the chat format's details -------------------------------------------------------------
 
 
@@ -661,3 +675,62 @@ def test_prepare_through_the_cli_refuses_a_bad_file_in_one_line(tmp_path, make_p
     assert result.stderr.endswith(f"\nerror: {path}:2: not valid UTF-8 (byte 0xff at column 15); save the file as UTF-8\n")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "prepared").exists()
+
+
+# --- prepare --show: examples from every file, spread through each ---------------------------
+
+
+def shown(params, n: int) -> tuple[str, list[tuple[str, str]]]:
+    """`prepare --show n`'s header line, and each example's `where` with the text shown for it."""
+    from {{ cookiecutter.package_name }}.data.show import show_examples
+
+    lines: list[str] = []
+    show_examples(params, n, color=False, out=lines.append)
+    blocks = [(lines[i].removeprefix("\n--- ").split(": ")[0], lines[i + 1]) for i in range(len(lines)) if lines[i].startswith("\n--- ")]
+    return lines[0], blocks
+
+
+def test_show_takes_examples_from_every_file_in_turn_and_says_where_each_is(tmp_path, make_params):
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    chat = [{"messages": [{"role": "user", "content": f"chat question {i}"}, {"role": "assistant", "content": f"chat answer {i}"}]}
+            for i in range(7)]
+    sharegpt = [{"conversations": [{"from": "human", "value": f"sharegpt question {i}"}, {"from": "gpt", "value": f"sharegpt answer {i}"}]}
+                for i in range(10)]
+    alpaca = [{"instruction": f"alpaca question {i}", "output": f"alpaca answer {i}"} for i in range(5)]
+    write(folder / "a_chat", "jsonl", chat)
+    lines = [json.dumps(r) for r in sharegpt]
+    (folder / "b_sharegpt.jsonl").write_text("\n".join(lines[:3] + [""] + lines[3:]) + "\n")  # a blank line 4
+    write(folder / "c_alpaca", "json", alpaca)
+    wheres = {}  # every record's `where`, by file, as prepare reads them
+    for where, _ in data.read_examples(folder):
+        wheres.setdefault(where.rsplit(":", 1)[0], []).append(where)
+    a, b, c = (wheres[str(folder / name)] for name in ("a_chat.jsonl", "b_sharegpt.jsonl", "c_alpaca.json"))
+
+    header, blocks = shown(make_params(f"data.path={folder}"), 7)
+    assert header.startswith(f"7 of 22 examples of {folder} (taken in turn from its 3 files, evenly spaced through each), ")
+    # 7 dealt to the 3 files in turn (3, 2, 2), each file's share evenly spaced from its first record.
+    assert [where for where, _ in blocks] == [a[0], a[2], a[4], b[0], b[5], c[0], c[2]]
+    assert b[5] == f"{folder}/b_sharegpt.jsonl:7"  # its line, past the blank one
+    for (where, text), expected in zip(blocks, ["chat 0", "chat 2", "chat 4", "sharegpt 0", "sharegpt 5", "alpaca 0", "alpaca 2"],
+                                       strict=True):
+        kind, number = expected.split()
+        assert f"{kind} question {number}" in text and f"[[{kind} answer {number}" in text, where
+
+
+def test_show_finds_the_lines_of_a_json_lines_file_with_blank_lines_and_no_final_line_break(tmp_path, make_params):
+    records = [json.dumps({"text": f"record {i}"}) for i in range(9)]
+    path = tmp_path / "data.jsonl"
+    body = "\n".join(records[:2] + ["", "   "] + records[2:6] + [""] + records[6:])  # no line break after the last
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    wheres = [where for where, _ in data.read_examples(path)]
+    params = make_params(f"data.path={path}", "data.format=text")
+    header, blocks = shown(params, 3)
+    assert header.startswith(f"3 of 9 examples of {path} (evenly spaced through it), ")
+    assert [(where, text.startswith(f"[[record {i}")) for (where, text), i in zip(blocks, (0, 3, 6), strict=True)] == [
+        (wheres[i], True) for i in (0, 3, 6)]
+    header, blocks = shown(params, 20)
+    assert header.startswith(f"9 of 9 examples of {path}, ") and [where for where, _ in blocks] == wheres
+    assert wheres[-1] == f"{path}:12"
+    with pytest.raises(data.DataError, match="^--show 0: give how many examples to show, 1 or more$"):
+        shown(params, 0)

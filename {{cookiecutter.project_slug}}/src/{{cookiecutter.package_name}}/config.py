@@ -7,6 +7,7 @@ with a message naming the key (and its line in params.yaml), before any GPU time
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -218,6 +219,28 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def unknown_key(dotted: str, known: list[str]) -> str:
+    """`unknown key 'train.max_stepz' (did you mean 'train.max_steps'?); known: max_steps, ...`:
+    the keys of its section, the closest first."""
+    section, _, key = dotted.rpartition(".")
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f" (did you mean {'.'.join(filter(None, (section, close[0])))!r}?)" if close else ""
+    ordered = close + [name for name in known if name not in close]
+    return f"unknown key {dotted!r}{hint}" + (f"; known: {', '.join(ordered)}" if ordered else "")
+
+
+def _section_keys(loc: tuple) -> list[str]:
+    """The keys declared in the section at `loc` (("train",) -> TrainParams' fields)."""
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
 def apply_override(tree: dict[str, Any], assignment: str) -> None:
     keys, value = parse_override(assignment)
     known = Params.model_fields
@@ -225,7 +248,7 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     for depth, key in enumerate(keys):
         dotted = ".".join(keys[: depth + 1])
         if key not in known:
-            raise ConfigError(f"--set {'.'.join(keys)}: unknown key {dotted!r}; known: {', '.join(known)}")
+            raise ConfigError(f"--set {'.'.join(keys)}: {unknown_key(dotted, list(known))}")
         if depth == len(keys) - 1:
             node[key] = value
             return
@@ -267,6 +290,10 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] = ()) -> 
                 where = "--set"
             else:
                 where = f"{path}:{lines[dotted]}" if dotted in lines else str(path)
-            got = f" (got {problem['input']!r})" if problem["type"] != "missing" else ""
+            if problem["type"] == "extra_forbidden":  # a typo: the section's keys, not its whole content
+                messages.append(f"{where}: {unknown_key(dotted, _section_keys(problem['loc'][:-1]))}")
+                continue
+            # A whole section as the value says nothing the line number does not.
+            got = "" if problem["type"] == "missing" or isinstance(problem["input"], dict) else f" (got {problem['input']!r})"
             messages.append(f"{where}: {dotted or 'params'}: {problem['msg']}{got}")
         raise ConfigError("\n".join(messages)) from None

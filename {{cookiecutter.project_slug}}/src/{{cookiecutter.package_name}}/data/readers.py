@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 
-from .errors import DataError
+from .errors import DataError, json_problem
 
 # A record (one JSONL line, one JSON array element, one CSV row) may be at most this big:
 # 16 MiB of text is about 4M tokens, far beyond any data.max_length, so a longer line is
@@ -140,8 +140,22 @@ def resolve(path: str | Path) -> list[Source]:
             raise DataError(f"{path}: no data files in this folder (looked for {', '.join(SUFFIXES)})")
         return [_file_source(p) for p in files]
     if not path.is_file():
-        raise DataError(f"{path}: file not found (run `dvc pull` or `make data`)")
+        raise DataError(f"{path}: file not found; {_how_to_get(path)}")
     return [_file_source(path)]
+
+
+SAMPLE = Path("data/raw/support.jsonl")  # the template's sample dataset, which `make data` regenerates
+
+
+def _how_to_get(path: Path) -> str:
+    """What brings a missing data file back: `make data` regenerates only the template's sample;
+    `dvc pull` fetches what DVC tracks (a `.dvc` file beside the file or one of its folders)."""
+    if path == SAMPLE or path.absolute() == SAMPLE.absolute():
+        return "run `dvc pull`, or `make data` to regenerate the sample"
+    for tracked in (path, *path.parents):
+        if tracked.name and tracked.with_name(tracked.name + ".dvc").is_file():
+            return f"DVC tracks it ({tracked}.dvc): run `dvc pull`"
+    return "check data.path in params.yaml"
 
 
 def _hub_source(text: str) -> Source:
@@ -311,7 +325,7 @@ def _jsonl_records(path: Path, start: int = 0, end: int | None = None, first_lin
             err = _json_error(line.rstrip("\r\n"))  # columns on this line, not past its line break
             hint = " (a .json file is read as one JSON array of records, or as JSON Lines: one record per line)"
             raise DataError(
-                f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})" + (hint if path.suffix == ".json" else "")
+                f"{path}:{number}: not valid JSON ({json_problem(err)})" + (hint if path.suffix == ".json" else "")
             ) from None
         yield f"{path}:{number}", record
 
@@ -402,7 +416,7 @@ class _JsonArray:
                         raise _too_long(self.path, self.line(self.pos), len(self.buf) - self.pos, exact=False) from None
                     line = self.base + err.lineno - 1  # before more() moves the buffer
                     if not cut_short or not self.more():
-                        raise DataError(f"{self.path}:{line}: not valid JSON ({err.msg} at column {err.colno})") from None
+                        raise DataError(f"{self.path}:{line}: not valid JSON ({json_problem(err)})") from None
             yield f"{self.path}:{self.line(self.pos)}", record
             self.pos = end
 
@@ -455,7 +469,7 @@ def _csv_record(path: Path, line: int, record: dict) -> dict:
             except json.JSONDecodeError as err:
                 if column in _MAYBE_JSON_COLUMNS:
                     continue  # plain text that happens to start with a bracket
-                raise DataError(f"{path}:{line}: column {column!r} is not valid JSON ({err.msg} at column {err.colno})") from None
+                raise DataError(f"{path}:{line}: column {column!r} is not valid JSON ({json_problem(err)})") from None
             if column in _JSON_COLUMNS or isinstance(value, list):
                 record[column] = value
     return record

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import readers
-from .errors import DataError
+from .errors import DataError, json_problem
 
 FORMATS = ("auto", "chat", "sharegpt", "instruction", "completion", "text")
 ROLES = ("system", "user", "assistant", "tool")
@@ -431,7 +431,7 @@ def _parse_json(text: str, at: str) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise _Bad(f"{at} is not valid JSON ({err.msg} at column {err.colno})") from None
+        raise _Bad(f"{at} is not valid JSON ({json_problem(err)})") from None
 
 
 def _nonempty_string(record: dict, key: str) -> str:

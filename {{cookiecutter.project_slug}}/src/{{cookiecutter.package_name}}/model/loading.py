@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
 
 import torch
@@ -40,18 +42,137 @@ class ModelNotFound(ValueError):
     """model.base is neither a local model directory nor a reachable hub id."""
 
 
-def _model_not_found(base: str, err: Exception) -> ModelNotFound:
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return ModelNotFound(f"model.base={base!r}: cannot load it ({first_line})")
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _model_not_found(base: str, err: Exception, source: dict | None = None) -> ModelNotFound:
+    if source:  # from the cache, the hub being unreachable, and the cache lacks a file (`plan` fetches only config.json)
+        return ModelNotFound(
+            f"model.base={base!r}: the Hugging Face Hub is unreachable and the local cache holds only part of the model; "
+            f"{offline_advice(base)}"
+        )
+    return ModelNotFound(f"model.base={base!r}: cannot load it ({_first_line(err)})")
+
+
+def offline_advice(base: str) -> str:
+    return (
+        "to work offline, set model.base to a local model directory, or download the model once with network access "
+        f"(`hf download {base}`) and set HF_HUB_OFFLINE=1"
+    )
+
+
+def looks_like_path(base: str) -> bool:
+    """Whether model.base is meant as a local directory rather than a hub id (`owner/name`):
+    it starts with /, ./, ../ or ~, has more parts than a hub id, or its first part is a folder
+    here (`models/smol` next to a `models/` folder). transformers sends anything that is not an
+    existing directory to the hub, which answers a mistyped path with a repo-id error."""
+    if base.startswith(("/", "./", "../", "~")) or base in (".", "..") or os.path.isabs(base) or "\\" in base:
+        return True
+    parts = base.split("/")
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
+def _missing_directory(base: str) -> str:
+    """`model.base=...: no such directory`, naming the closest folder that does exist."""
+    parts = [part for part in base.replace("\\", "/").split("/") if part]
+    prefix = "/" if base.startswith("/") else ""
+    # The deepest existing folder on the way, and the first part missing below it.
+    depth = 0
+    while depth < len(parts) and Path(prefix + "/".join(parts[: depth + 1])).expanduser().is_dir():
+        depth += 1
+    if depth < len(parts) and Path(prefix + "/".join(parts[: depth + 1])).expanduser().exists():
+        return f"model.base={base!r}: {prefix + '/'.join(parts[: depth + 1])} is a file, not a model directory (the folder with config.json)"
+    parent = Path(prefix + "/".join(parts[:depth]) or ".").expanduser()
+    try:
+        siblings = sorted(child.name for child in parent.iterdir() if child.is_dir() and not child.name.startswith("."))
+    except OSError:  # unreadable
+        siblings = []
+    close = difflib.get_close_matches(parts[depth], siblings, n=1, cutoff=0.5)
+    if close:
+        hint = f"did you mean {prefix + '/'.join([*parts[:depth], close[0]])!r}?"
+    else:
+        where = prefix + "/".join(parts[:depth])
+        hint = f"no folder like {parts[depth]!r} in {'the current folder' if where in ('', '.') else where}"
+    return f"model.base={base!r}: no such directory ({hint})"
+
+
+# The hub's reachability, probed once per process and endpoint: (endpoint, base) -> why not, or None.
+_HUB_PROBES: dict[tuple[str, str], str | None] = {}
+_FROM_CACHE_SAID: set[tuple[str, str]] = set()  # the note that the cache stands in, once per model
+
+
+def hub_unreachable(base: str) -> str | None:
+    """Why the Hugging Face Hub cannot be reached, or None when it answers (whatever it answers).
+
+    One request of at most HF_HUB_ETAG_TIMEOUT seconds (10 by default): without it, an
+    unreachable hub costs minutes of transformers' retries (five per file, backing off to 8 s)
+    before the same conclusion. Online it costs one small request."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    key = (constants.ENDPOINT, base)
+    if key not in _HUB_PROBES:
+        try:
+            HfApi().model_info(base, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+            _HUB_PROBES[key] = None
+        except (HfHubHTTPError, ValueError):  # it answered (not found, gated...) or the id is malformed: transformers says which
+            _HUB_PROBES[key] = None
+        except Exception as err:  # the HTTP client's transport errors (refused, DNS, timeout, proxy, TLS); their classes are the client's
+            _HUB_PROBES[key] = f"{constants.ENDPOINT}: {_first_line(err)}"
+    return _HUB_PROBES[key]
+
+
+def _in_hub_cache(base: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(base, "config.json"), str)
+    except ValueError:  # not a valid hub id
+        return False
+
+
+def model_source(base: str) -> dict:
+    """The `from_pretrained` options for model.base, once it is known that it can be loaded:
+    {} as a rule, {"local_files_only": True} when the hub is unreachable and the local cache
+    has the model. Raises ModelNotFound, with what to do, for a local directory that does not
+    exist and for a hub id that can be neither downloaded nor found in the cache."""
+    if Path(base).expanduser().is_dir():
+        return {}
+    if looks_like_path(base):
+        raise ModelNotFound(_missing_directory(base))
+    from huggingface_hub import constants, is_offline_mode
+
+    cached = _in_hub_cache(base)
+    if is_offline_mode():
+        if cached:
+            return {}
+        raise ModelNotFound(
+            f"model.base={base!r}: not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 "
+            f"keeps it from being downloaded; download it once with network access (`hf download {base}`), "
+            "or set model.base to a local model directory"
+        )
+    problem = hub_unreachable(base)
+    if problem is None:
+        return {}
+    if not cached:
+        raise ModelNotFound(f"model.base={base!r}: the Hugging Face Hub is unreachable ({problem}) "
+                            f"and the model is not in the local cache; {offline_advice(base)}")
+    if (constants.ENDPOINT, base) not in _FROM_CACHE_SAID:
+        _FROM_CACHE_SAID.add((constants.ENDPOINT, base))
+        print(f"the Hugging Face Hub is unreachable ({problem}): {base} comes from the local cache "
+              "(HF_HUB_OFFLINE=1 skips this check)")
+    return {"local_files_only": True}
 
 
 def load_tokenizer(base: str):
     from transformers import AutoTokenizer
 
+    source = model_source(base)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        tokenizer = AutoTokenizer.from_pretrained(base, **source)
     except (OSError, ValueError) as err:
-        raise _model_not_found(base, err) from err
+        raise _model_not_found(base, err, source) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -73,13 +194,14 @@ def load_base_model(params, device: torch.device, quantize: bool | None = None, 
             bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": device}
+    source = model_source(params.model.base)
     model = None
     for attention in attention_candidates(params.model.attn_implementation, device):
         try:
-            model = AutoModelForCausalLM.from_pretrained(params.model.base, attn_implementation=attention, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(params.model.base, attn_implementation=attention, **source, **kwargs)
             break
         except OSError as err:
-            raise _model_not_found(params.model.base, err) from err
+            raise _model_not_found(params.model.base, err, source) from err
         except (ImportError, ValueError) as err:  # not installed / not supported by this model
             if params.model.attn_implementation != "auto":
                 raise

@@ -151,7 +151,7 @@ def positions_allowed(config: dict) -> int:
 
 def load_model_shape(base: str) -> ModelShape:
     """Shape of `model.base`: local config.json, the local hub cache, the built-in table,
-    and only then the hub (which may retry for half a minute when offline)."""
+    and only then the hub (once it has answered a first request)."""
     local = Path(base) / "config.json"
     if local.is_file():
         return shape_from_config(json.loads(local.read_text(encoding="utf-8")), base, f"{local}")
@@ -164,10 +164,17 @@ def load_model_shape(base: str) -> ModelShape:
     known = KNOWN_SHAPES.get(table_key(base))
     if known is not None:
         return replace(known, source=f"built-in table ({known.name})")
+    from ...model.loading import ModelNotFound, looks_like_path, model_source
+
+    table = f"plan's built-in table does not have it either ({', '.join(sorted({s.name for s in KNOWN_SHAPES.values()}))})"
     try:
-        return shape_from_config(AutoConfig.from_pretrained(base).to_dict(), base, "hub config.json")
-    except Exception:  # offline, gated, unknown
-        raise ConfigError(
-            f"model.base={base!r}: no local config.json, the hub is unreachable and it is not in the "
-            f"built-in table ({', '.join(sorted({s.name for s in KNOWN_SHAPES.values()}))})"
-        ) from None
+        # A missing directory or an unreachable hub is said at once: AutoConfig would first
+        # retry for half a minute.
+        source = model_source(base)
+    except ModelNotFound as err:
+        raise ConfigError(str(err) if looks_like_path(base) else f"{err}; {table}") from None
+    try:
+        return shape_from_config(AutoConfig.from_pretrained(base, **source).to_dict(), base, "hub config.json")
+    except Exception as err:  # gated, unknown, not a model
+        what = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model.base={base!r}: cannot read its config.json from the hub ({what}); {table}") from None
