@@ -341,6 +341,20 @@ def test_plan_step_posts_the_estimate(tmp_path):
     assert summary.count("\n| 1 | ") == 1
 
 
+def test_plan_step_summary_carries_the_plans_warnings(tmp_path, tiny_model_dir, sample_data):
+    # 5,000 steps over the small sample: the plan warns about the epochs; the pull request must see it.
+    sets = [f"model.base={tiny_model_dir}", f"data.path={sample_data}", f"data.prepared_dir={tmp_path / 'prepared'}",
+            "train.max_steps=5000", "budget.max_run_usd=100000"]
+    arguments = [arg for assignment in sets for arg in ("--set", assignment)]
+    prepared = subprocess.run([sys.executable, "-m", "{{ cookiecutter.package_name }}", "prepare", *arguments],
+                              cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    runner = Runner(tmp_path / "plan", "pull_request", pr_payload(23, "a" * 40, "b" * 40))
+    result = runner.run("plan_step.py", *arguments)
+    assert result.returncode == 0, explain(result)
+    assert "**Warning:** " in runner.summary() and " epochs: 5000 steps x " in runner.summary()
+
+
 def test_plan_step_fails_an_over_budget_run(tmp_path):
     runner = Runner(tmp_path, "pull_request", pr_payload(21, "a" * 40, "b" * 40))
     result = runner.run("plan_step.py", "--set", "budget.max_run_usd=0.001")

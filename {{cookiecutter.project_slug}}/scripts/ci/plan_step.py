@@ -79,6 +79,8 @@ def render_summary(plan: dict, top: int, over: bool) -> str:
     if best:
         lines.append(f"{work.get('steps', '?')} steps × {work.get('global_batch', '?')} sequences × "
                      f"{work.get('seq_len', '?')} tokens; peak memory {best.get('peak_gib', 0):.1f} GiB on {best['gpu']}.")
+    for warning in plan.get("warnings") or []:  # e.g. many epochs over a small dataset
+        lines.append(f"**Warning:** {ghactions.cell(warning, 400)}")
     source = (plan.get("prices") or {}).get("source", "")
     lines.append(f"Prices: {ghactions.cell(source)}. {ghactions.cell(plan.get('note', ''), 300)}")
     return "\n".join(lines)

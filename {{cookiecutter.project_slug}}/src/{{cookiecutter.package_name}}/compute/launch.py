@@ -198,8 +198,10 @@ def check_model_reaches_the_vm(base: str, workdir: Path) -> None:
     """A model.base that names a directory on this machine is refused for a cloud launch: the VM
     gets the workdir (less .skyignore) and the hub, nothing else. A directory inside the workdir
     that is uploaded with it is fine."""
+    from ..model.loading import looks_like_path  # the same rule `prepare` and `train` use
+
     path = Path(base).expanduser()
-    if not (base.startswith(("/", "./", "../", "~")) or path.is_dir()):
+    if not (looks_like_path(base) or path.is_dir()):
         return  # a hub id: the VM downloads it (HF_TOKEN for gated models)
     try:
         inside = path.resolve().relative_to(workdir.resolve())
