@@ -3,6 +3,7 @@ loss on the tiny model, the judge against a fake endpoint, lm-eval on a local ta
 tiny-model runs compared through a real MLflow server."""
 
 import json
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -378,13 +379,14 @@ def test_evaluate_saves_means_as_metrics_and_every_example_for_later(two_runs, m
 
 def test_the_pr_run_is_compared_with_mains_example_by_example(two_runs):
     _, results, logs = two_runs
-    assert f"compared with {run_id(results['main'][0])[:8]} (newest finished run of the baseline branch):" in logs["pr"]
+    assert (f"compared with {run_id(results['main'][0])[:8]} (newest finished run of the baseline branch), "
+            "this run vs baseline:") in logs["pr"]
     verdicts = (compare.BETTER, compare.WORSE, compare.NOISE)
     for name in ("eval_loss", "token_accuracy", "exact_match", "chrf", "rouge_l"):
         (line,) = [line for line in logs["pr"] if line.startswith(f"  {name} ")]
         assert any(v in line for v in verdicts), line
         if name not in ("eval_loss", "token_accuracy"):
-            assert line.endswith("(6 examples)"), line
+            assert f"  {name:<16} on the 6 examples both runs share: " in line, line
     assert any(line.startswith("judge: win rate") for line in logs["pr"])
     assert any(line.startswith("note: ") and "holds 6 prompts, eval.generations=8" in line for line in logs["pr"])
     assert results["pr"][1]["judge_cost_usd"] == pytest.approx(12 * 100 / 1e6)  # 6 prompts, both orders
@@ -418,3 +420,52 @@ def test_report_json_and_markdown_carry_the_paired_quality(two_runs, mlflow_serv
     assert markdown.index("### Quality") < markdown.index("### Speed and cost") < markdown.index("<details>")
     chrf = next(line for line in markdown.splitlines() if line.startswith("| chrf |"))
     assert f"{quality['chrf']['delta']:+.4g} [{quality['chrf']['ci95'][0]:+.4g}, {quality['chrf']['ci95'][1]:+.4g}]" in chrf
+    # The runs table: each run's task means with the paired verdict; trained on this CPU with
+    # nothing priced, the PR's cost is "no price", not $0.00.
+    assert "| run | id | eval_loss | perplexity | token_accuracy | exact_match | chrf | rouge_l | tokens_per_second |" in markdown
+    pr_row = next(line for line in markdown.splitlines() if line.startswith("| `pr-12@bbbbbbb` |"))
+    base_row = next(line for line in markdown.splitlines() if line.startswith("| baseline `main@aaaaaaa` |"))
+    assert "| no price | no GPU |" in pr_row and "| no price | no GPU |" in base_row and row["priced"] is False
+    assert "$" not in pr_row + base_row
+    verdict = {compare.BETTER: "✅", compare.WORSE: "⚠️", compare.NOISE: "➖"}[quality["chrf"]["verdict"]]
+    assert f"{results['pr'][1]['chrf']:.4g} ({verdict} " in pr_row
+
+
+def test_paired_figures_over_part_of_the_examples_say_so(two_runs, mlflow_server, tiny_model_dir, sample_data, tmp_path,
+                                                         monkeypatch):
+    """A baseline evaluated on only part of this run's validation set (another data version):
+    the compared eval loss is over the shared examples, not the headline's all, and says so."""
+    _, results, _ = two_runs
+    pr_params = results["pr"][0]
+    out = tmp_path / "outputs"  # the PR's adapter, without its MLflow run (nothing is logged to it)
+    shutil.copytree(pr_params.train.output_dir, out, ignore=shutil.ignore_patterns("mlflow_run.json", "dl"))
+    losses = json.loads((out / "eval_examples.json").read_text())["losses"]
+    shared = losses[: max(2, (2 * len(losses) + 2) // 3)]
+    assert len(shared) < len(losses)
+    # The baseline: the same examples, half the loss, on fewer of them.
+    base_table = {"answers": json.loads((out / "eval_examples.json").read_text())["answers"],
+                  "losses": [{**e, "loss_sum": e["loss_sum"] / 2} for e in shared]}
+    client, experiment = mlflow.MlflowClient(mlflow_server.uri), f"subset-{tmp_path.name}"
+    base = client.create_run(client.create_experiment(experiment), run_name="main@ccccccc", tags={"git_branch": "main"})
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "eval_examples.json").write_text(json.dumps(base_table))
+    client.log_artifact(base.info.run_id, str(tmp_path / "base" / "eval_examples.json"))
+    client.log_metric(base.info.run_id, "eval_loss", 1.0)
+    client.set_terminated(base.info.run_id)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    params = smoke_params(tmp_path, tiny_model_dir, sample_data, "eval.generations=6", "eval.max_new_tokens=6",
+                         f"data.prepared_dir={pr_params.data.prepared_dir}", f"train.output_dir={out}",
+                         f"tracking.experiment={experiment}")
+    lines = []
+    result = evaluate(params, log=lines.append)
+    assert any(line.startswith(f"eval_loss {result['eval_loss']:.4f}, ") for line in lines)  # the headline: all examples
+    scored = {e["id"]: e for e in json.loads((out / "eval_examples.json").read_text())["losses"]}
+    mean = sum(scored[e["id"]]["loss_sum"] for e in shared) / sum(scored[e["id"]]["tokens"] for e in shared)
+    (line,) = [line for line in lines if line.startswith("  eval_loss ")]
+    assert line.startswith(f"  eval_loss        on the {len(shared)} examples both runs share (of this run's {len(losses)}): "
+                           f"{mean:.4g} vs {mean / 2:.4g} (baseline), +"), line
+    assert line.endswith(": worse"), line
+    (line,) = [line for line in lines if line.startswith("  exact_match ")]
+    exact = result["exact_match"]
+    assert f"on the 6 examples both runs share: {exact:.1%} vs {exact:.1%} (baseline), +0.0 pts" in line, line

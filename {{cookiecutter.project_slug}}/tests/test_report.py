@@ -8,6 +8,7 @@ import pytest
 from mlflow.entities import Metric, RunStatus, RunTag
 
 from {{ cookiecutter.package_name }} import report
+from {{ cookiecutter.package_name }}.compute.cost import CostMeter
 
 from conftest import MlflowServer, run_cli
 
@@ -223,3 +224,129 @@ def test_report_says_where_the_runs_are_when_none_match(mlflow_server):
 def test_the_cost_axis_starts_at_zero_even_when_every_run_was_free():
     assert report.cost_axis([0.0, 0.0]) == (0.0, 1.0)
     assert report.cost_axis([1.0, 2.0]) == (0.0, pytest.approx(2.2))
+
+
+# ------------------------------------------------------------------ what a new user's runs look like
+
+
+def cost_of(hourly_usd: float, gpus: int, hours: float, source: str):
+    """What the trainer's CostMeter logs for `hours` on such a machine: (metrics, tags)."""
+    clock = [0.0]
+    meter = CostMeter(hourly_usd, gpus, source=source, clock=lambda: clock[0])
+    clock[0] = hours * 3600
+    return meter.metrics(tokens_seen=1000), meter.tags()
+
+
+@pytest.fixture(scope="module")
+def first_hour_runs(mlflow_server, tmp_path_factory):
+    """main's GPU run; a PR run on a GPU 28.8 times dearer (no per-example scores); then the
+    PR's run on a CPU nothing priced (as `make smoke` trains), whose validation set has 4
+    examples main's lacks. Cost tags and metrics come from the real CostMeter."""
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    tmp = tmp_path_factory.mktemp("first-hour")
+    experiment = client.create_experiment(f"first-hour-{time.time_ns()}")
+    ids = [f"p{i}" for i in range(20)]
+    cpu_table = examples_table([1.0] * 20, ids, "answer")
+    cpu_table["losses"] += [{"id": f"new{i}", "loss_sum": 3.0 * 10, "tokens": 10, "correct": 2} for i in range(4)]
+    runs = [
+        ("main@aaaaaaa", {"git_branch": "main", "gpu": "NVIDIA L4"}, cost_of(0.8, 1, 0.125, "params cost.hourly_usd"),
+         {"eval_loss": 2.0, "exact_match": 0.25, "chrf": 52.5, "tokens_per_second": 1000.0},
+         examples_table([0.0] * 15 + [1.0] * 5, ids, "wrong")),
+        ("pr-5@bbbbbbb", {"git_branch": "feature", "pr": "5", "gpu": "NVIDIA H100"}, cost_of(3.8356, 1, 0.75, "params cost.hourly_usd"),
+         {"eval_loss": 2.1, "tokens_per_second": 28767.0}, None),
+        # Your own machine with nothing priced: prices.machine_price gives (0.0, "unknown").
+        ("pr-5@ccccccc", {"git_branch": "feature", "pr": "5"}, cost_of(0.0, 0, 0.5, "unknown"),
+         {"eval_loss": 2.1, "exact_match": 1.0, "chrf": 60.0, "tokens_per_second": 30.0}, cpu_table),
+    ]
+    run_ids = []
+    for n, (name, tags, (cost, cost_tags), metrics, table) in enumerate(runs):
+        run = client.create_run(experiment, run_name=name, tags={**tags, **cost_tags})
+        if table is not None:
+            path = tmp / str(n) / "eval_examples.json"
+            path.parent.mkdir()
+            path.write_text(json.dumps(table))
+            client.log_artifact(run.info.run_id, str(path))
+            metrics = {**metrics, "eval_examples": len(table["answers"])}
+        client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in {**metrics, **cost}.items()])
+        client.set_terminated(run.info.run_id)
+        run_ids.append(run.info.run_id)
+        time.sleep(0.002)
+    return client.get_experiment(experiment).name, run_ids
+
+
+def test_a_run_nothing_priced_shows_no_price_not_zero_dollars(first_hour_runs, mlflow_server):
+    name, (main, gpu, cpu) = first_hour_runs
+    data = json.loads(report_cli(mlflow_server, name, "--pr", "5", "--format", "json").stdout)
+    rows = {row["run_id"]: row for row in data["runs"]}
+    # The logged numbers stay as they were (cost_usd 0.0): `priced` says what they are worth.
+    assert rows[cpu]["cost_usd"] == 0.0 and rows[cpu]["priced"] is False and rows[cpu]["price_source"] == "unknown"
+    assert rows[gpu]["priced"] is True and data["baseline"]["priced"] is True
+    assert rows[cpu]["delta"]["cost_usd"] == "" and rows[cpu]["delta"]["gpu_hours"] == ""
+    table = report_cli(mlflow_server, name, "--pr", "5").stdout
+    [line] = [line for line in table.splitlines() if line.startswith("pr-5@ccccccc ")]
+    assert "no price" in line and "no GPU" in line and "$" not in line and "±0" not in line and "-100" not in line
+    assert "no price: trained on a machine nothing priced" in table
+    markdown = report_cli(mlflow_server, name, "--pr", "5", "--format", "markdown").stdout
+    [row] = [line for line in markdown.splitlines() if line.startswith("| `pr-5@ccccccc` |")]
+    assert "| no price | no GPU |" in row and "$0.00" not in markdown and "✅ -0.1" not in row
+
+
+def test_changes_beyond_double_read_as_a_ratio():
+    assert report.delta(28.767, 1.0) == "+27.77 (28.8x)"
+    assert report.delta(28767.0, 1000.0) == "+27,767 (28.8x)"  # digits, not +2.777e+04
+    assert report.delta(3000.0, 10.0) == "+2,990 (300x)"
+    assert report.delta(2.0, 1.0) == "+1 (+100.0%)"  # up to +100%, a percentage still reads well
+    assert report.delta(0.04, 1.0) == "-0.96 (-96.0%)"
+    assert report.delta(0.4, 0.25, "exact_match") == "+15.0 pts"  # rates change in points
+
+
+def test_big_changes_in_the_table_are_ratios(first_hour_runs, mlflow_server):
+    name, (main, gpu, cpu) = first_hour_runs
+    data = json.loads(report_cli(mlflow_server, name, "--pr", "5", "--format", "json").stdout)
+    row = next(row for row in data["runs"] if row["run_id"] == gpu)
+    assert row["delta"]["cost_usd"] == "+2.777 (28.8x)" and row["delta"]["gpu_hours"] == "+0.625 (6.0x)"
+    markdown = report_cli(mlflow_server, name, "--pr", "5", "--format", "markdown").stdout
+    [line] = [line for line in markdown.splitlines() if line.startswith("| `pr-5@bbbbbbb` |")]
+    assert "$2.88 (⚠️ +2.777 (28.8x))" in line and "28,767 (✅ +27,767 (28.8x))" in line and "2776" not in line
+
+
+def test_the_runs_table_has_the_task_metrics_with_their_verdicts(first_hour_runs, mlflow_server):
+    name, (main, gpu, cpu) = first_hour_runs
+    table = report_cli(mlflow_server, name, "--pr", "5").stdout.splitlines()
+    header = next(line for line in table if line.startswith("run "))
+    # Only the task metrics some shown run logged, and only the tags some shown run has (no cloud).
+    assert header.split()[:6] == ["run", "id", "eval_loss", "perplexity", "exact_match", "chrf"]
+    assert "rouge_l" not in header and "token_accuracy" not in header and "cloud" not in header and "gpu" in header
+    [line] = [line for line in table if line.startswith("pr-5@ccccccc ")]
+    assert "100.0% +75.0 pts better" in line and "60 +7.5 (+14.3%) better" in line
+    assert "2.1000 +0.1 (+5.0%) noise" in line  # eval loss: the paired verdict, not its sign
+    [line] = [line for line in table if line.startswith("pr-5@bbbbbbb ")]
+    assert "better" not in line and "noise" not in line  # no per-example scores: no verdict
+    assert any(line.startswith("Quality columns: better, worse, noise (within noise)") for line in table)
+
+    markdown = report_cli(mlflow_server, name, "--pr", "5", "--format", "markdown").stdout
+    assert "| run | id | eval_loss | perplexity | exact_match | chrf | tokens_per_second | cost_usd |" in markdown
+    assert "### Speed and cost, with each run's quality means" in markdown
+    [row] = [line for line in markdown.splitlines() if line.startswith("| `pr-5@ccccccc` |")]
+    assert "| 100.0% (✅ +75.0 pts) | 60 (✅ +7.5 (+14.3%)) |" in row and "2.1000 (➖ +0.1 (+5.0%))" in row
+    assert "Quality columns: ✅ better, ⚠️ worse, ➖ within noise: the paired verdict" in markdown
+    data = json.loads(report_cli(mlflow_server, name, "--pr", "5", "--format", "json").stdout)
+    cpu_row = next(row for row in data["runs"] if row["run_id"] == cpu)
+    assert cpu_row["delta"]["exact_match"] == "+75.0 pts" and cpu_row["quality"]["exact_match"]["verdict"] == "better"
+
+
+def test_paired_figures_say_which_examples_they_are_over(first_hour_runs, mlflow_server):
+    name, (main, gpu, cpu) = first_hour_runs
+    table = report_cli(mlflow_server, name, "--pr", "5").stdout
+    # The run's mean loss (2.1, over its 14 validation examples) is in the table; the quality
+    # block's 2 is over the 10 main also has: it says so, so the two do not contradict.
+    [line] = [line for line in table.splitlines() if line.startswith("  eval_loss ")]
+    assert line.startswith("  eval_loss        on the 10 examples both runs share (of this run's 14): 2 vs 2 (baseline), ")
+    [line] = [line for line in table.splitlines() if line.startswith("  exact_match ")]
+    assert "on the 20 examples both runs share: 100.0% vs 25.0% (baseline), +75.0 pts [" in line and line.endswith("✅ better")
+    markdown = report_cli(mlflow_server, name, "--pr", "5", "--format", "markdown").stdout
+    assert ("Only the examples both runs share are compared: eval_loss (10 of 14), token_accuracy (10 of 14); so this "
+            "run's figures here can differ from its means over all of its examples in the table below.") in markdown
+    data = json.loads(report_cli(mlflow_server, name, "--pr", "5", "--format", "json").stdout)
+    loss = next(row for row in data["runs"] if row["run_id"] == cpu)["quality"]["eval_loss"]
+    assert loss["examples"] == 10 and loss["run_examples"] == 14

@@ -8,8 +8,12 @@
 First the quality of the newest run against the baseline, example by example (eval loss,
 token accuracy, the answer metrics, the judge's win rate): this run, baseline, delta with a
 bootstrap 95% interval, and a verdict (better / worse / within noise; see evaluate/compare.py);
-then speed and cost of every run; then a few answers side by side. JSON carries the quality of
-every run shown as `quality: {metric: {value, baseline, delta, ci95, verdict}}`.
+then every run's means (the task metrics some shown run has, each marked with its paired
+verdict), speed and cost; then a few answers side by side. JSON carries the quality of every
+run shown as `quality: {metric: {value, baseline, delta, ci95, verdict, examples, run_examples}}`.
+A run with no price (trained on a machine nothing priced: cost_usd 0 with price_source
+"unknown"; or a cloud machine no price list names: cost_known false, no cost_usd) shows
+"no price" / "unknown", never $0.00, and no cost delta; JSON says `priced: false`.
 
 Runs come from one `search_runs` query (paged, so it stays fast with thousands of runs);
 per-run downloads (the per-example scores of the newest QUALITY_RUNS runs that have them, and
@@ -37,6 +41,7 @@ QUALITY_METRICS = ("eval_loss", "token_accuracy", "exact_match", "chrf", "rouge_
 # Columns whose sign alone gets a ✅ / ⚠️: speed and cost. Quality gets its verdict from the
 # paired comparison instead (a seed alone moves eval loss by more than many real changes).
 MARKED = {"tokens_per_second", "cost_usd", "gpu_hours", "wall_minutes"}
+RATIO_ABOVE = 1.0  # a change beyond +100% reads better as a ratio ("28.8x") than as "+2776.7%"
 
 # (column, where it comes from, format, lower is better?)
 COLUMNS = [
@@ -50,6 +55,13 @@ COLUMNS = [
     ("cloud", "tag", "{}", None),
     ("spot", "tag", "{}", None),
     ("recoveries", "tag", "{}", None),
+]
+# Task metrics `evaluate` logs: shown after perplexity, each only when some shown run has it.
+TASK_COLUMNS = [
+    ("token_accuracy", "metric", "{:.1%}", False),
+    ("exact_match", "metric", "{:.1%}", False),
+    ("chrf", "metric", "{:.4g}", False),
+    ("rouge_l", "metric", "{:.4g}", False),
 ]
 
 
@@ -72,6 +84,9 @@ def run_row(run) -> dict:
             row[name] = run.data.tags.get(name, "")
     # A run on a machine whose price was unknown logs no cost: "unknown", never a blank or $0.
     row["cost_known"] = run.data.tags.get("cost_known", "true") != "false"
+    # One on a machine nothing priced (yours, no cost.hourly_usd) logs cost_usd 0: no price either.
+    row["price_source"] = run.data.tags.get("price_source", "")
+    row["priced"] = row["cost_known"] and row["price_source"] != "unknown" and row["cost_usd"] is not None
     for name in (*QUALITY_METRICS, "eval_examples", "judge_win_rate", "judge_cost_usd"):
         if name in run.data.metrics:
             row.setdefault(name, run.data.metrics[name])
@@ -80,14 +95,47 @@ def run_row(run) -> dict:
     return row
 
 
-def delta(value, base) -> str:
+def delta(value, base, name: str = "") -> str:
+    """`-0.2 (-14.3%)`; past +100% a ratio, `+27.77 (28.8x)`; rates in points, `+75.0 pts`."""
     if value is None or base is None or not isinstance(value, (int, float)) or not isinstance(base, (int, float)):
         return ""
     diff = value - base
     if diff == 0:
         return "±0"
+    if name in compare.PERCENT:
+        return f"{diff * 100:+.1f} pts"
+    # Thousands as digits (+27,767 tokens/s), not +2.777e+04.
+    shown = f"{diff:+,.0f}" if abs(diff) >= 1000 else f"{diff:+.4g}"
+    if base > 0 and diff / base > RATIO_ABOVE:
+        ratio = value / base
+        return f"{shown} ({ratio:,.1f}x)" if ratio < 100 else f"{shown} ({ratio:,.0f}x)"
     pct = f" ({format(diff / base, '+.1%')})" if base else ""
-    return f"{diff:+.4g}{pct}"
+    return f"{shown}{pct}"
+
+
+def no_gpu(row: dict) -> bool:
+    """A run that trained on no GPU: it logs gpu_hours 0 and has no `gpu` tag."""
+    return row.get("gpu_hours") == 0 and not row.get("gpu")
+
+
+def columns(rows: list[dict]) -> list[tuple]:
+    """The table's columns: the numbers, plus the task metrics and tags some of these rows have
+    (a run on your own CPU has no gpu, cloud or spot: three columns of "-" less)."""
+    rows = [r for r in rows if r]
+    present = [c for c in TASK_COLUMNS if any(isinstance(r.get(c[0]), (int, float)) for r in rows)]
+    fixed = [c for c in COLUMNS if c[1] != "tag" or any(r.get(c[0]) not in (None, "") for r in rows)]
+    return fixed[:2] + present + fixed[2:]
+
+
+def deltas(row: dict, baseline: dict) -> dict[str, str]:
+    """Each number column's change against the baseline; none for cost without a price on both."""
+    changes = {name: delta(row.get(name), baseline.get(name), name) for name, src, _, _ in COLUMNS + TASK_COLUMNS
+               if src != "tag"}
+    if not (row.get("priced", True) and baseline.get("priced", True)):
+        changes["cost_usd"] = ""  # against no price a difference means nothing
+    if no_gpu(row) or no_gpu(baseline):
+        changes["gpu_hours"] = ""
+    return changes
 
 
 def quality(row: dict, baseline: dict | None, table: dict | None, base_table: dict | None) -> tuple[dict, str]:
@@ -121,7 +169,7 @@ def build_report(rows: list[dict], baseline: dict | None, tables: dict[str, dict
     tables = tables or {}
     base_table = tables.get(baseline["run_id"]) if baseline else None
     for row in rows:
-        row["delta"] = {name: delta(row.get(name), baseline.get(name)) for name, src, _, _ in COLUMNS if src != "tag"} if baseline else {}
+        row["delta"] = deltas(row, baseline) if baseline else {}
         row["quality"], row["quality_note"] = quality(row, baseline, tables.get(row["run_id"]), base_table)
         if row["run_id"] in tables:
             row["answers"] = compare.side_by_side(tables[row["run_id"]], base_table, ANSWERS_SHOWN)
@@ -144,24 +192,10 @@ def label(row: dict) -> str:
     return f"{row['run_name']} ({row['id']})"
 
 
-def _number(value, name: str) -> str:
-    if value is None:
-        return "-"
-    if name in ("token_accuracy", "exact_match", "judge_win_rate"):
-        return f"{value:.1%}"
-    return f"{value:.4g}"
-
-
-def _delta(q: dict, name: str) -> str:
-    percent = name in ("token_accuracy", "exact_match", "judge_win_rate")
-    show = (lambda v: f"{v * 100:+.1f} pts") if percent else (lambda v: f"{v:+.4g}")
-    text = show(q["delta"])
-    if q["ci95"]:
-        text += f" [{show(q['ci95'][0])}, {show(q['ci95'][1])}]"
-    return text
-
-
 VERDICT_MARK = {compare.BETTER: "✅ better", compare.WORSE: "⚠️ worse", compare.NOISE: "➖ within noise", None: "means only"}
+# In the runs table: one mark (markdown) or word (terminal, where emoji break the alignment).
+TABLE_MARK = {compare.BETTER: "✅", compare.WORSE: "⚠️", compare.NOISE: "➖"}
+TABLE_WORD = {compare.BETTER: "better", compare.WORSE: "worse", compare.NOISE: "noise"}
 
 
 def quality_markdown(row: dict, baseline: dict) -> list[str]:
@@ -170,13 +204,19 @@ def quality_markdown(row: dict, baseline: dict) -> list[str]:
     lines = [f"### Quality: `{label(row)}` against `{label(baseline)}`", "",
              "| metric | this run | baseline | delta [95% interval] | verdict |", "|---|---|---|---|---|"]
     for name, q in row["quality"].items():
-        lines.append(f"| {name} | {_number(q['value'], name)} | {_number(q['baseline'], name)} | {_delta(q, name)} "
-                     f"| {VERDICT_MARK[q['verdict']]} |")
+        lines.append(f"| {name} | {compare.show_value(name, q['value'])} | {compare.show_value(name, q['baseline'])} "
+                     f"| {compare.show_change(name, q)} | {VERDICT_MARK[q['verdict']]} |")
     paired = [q["examples"] for q in row["quality"].values() if q["paired"]]
     lines.append("")
     if paired:
         lines.append(f"Paired on the same held-out examples ({min(paired)}-{max(paired)} per metric): "
                      "the interval is a bootstrap of the paired differences; a verdict needs all of it on one side of 0.")
+    # Figures over fewer examples than the run's own means in the table below: say so, or they look contradictory.
+    partial = [f"{name} ({q['examples']} of {q['run_examples']})" for name, q in row["quality"].items()
+               if q["paired"] and q.get("run_examples", 0) > q["examples"]]
+    if partial:
+        lines.append(f"Only the examples both runs share are compared: {', '.join(partial)}; so this run's figures "
+                     "here can differ from its means over all of its examples in the table below.")
     if row.get("quality_note"):
         lines.append(f"**Note:** {row['quality_note']}.")
     judge = row["quality"].get("judge_win_rate")
@@ -206,8 +246,12 @@ def answers_markdown(row: dict) -> list[str]:
 
 def _cell(row: dict, name: str, fmt: str) -> str:
     value = row.get(name)
-    if value is None and name == "cost_usd" and row.get("cost_known") is False:
+    if name == "cost_usd" and row.get("cost_known") is False:
         return "unknown"
+    if name == "cost_usd" and row.get("price_source") == "unknown":
+        return "no price"  # it logged $0: nothing priced the machine, not a free run
+    if name == "gpu_hours" and no_gpu(row):
+        return "no GPU"
     if value is None or value == "":
         return "-"
     try:
@@ -216,28 +260,55 @@ def _cell(row: dict, name: str, fmt: str) -> str:
         return str(value)
 
 
+def _verdict(row: dict, name: str) -> str | None:
+    return (row.get("quality") or {}).get(name, {}).get("verdict")
+
+
+def legend(shown: list[dict], markdown: bool) -> list[str]:
+    """What the table's marks and words mean: only those it shows."""
+    lines = []
+    if any(_verdict(row, name) for row in shown for name in row.get("quality") or {}):
+        marks = "✅ better, ⚠️ worse, ➖ within noise" if markdown else "better, worse, noise (within noise)"
+        lines.append(f"Quality columns: {marks}: the paired verdict against the baseline, as in the quality block "
+                     "(runs with per-example scores only); speed and cost are marked by the sign of the change.")
+    if any(row.get("price_source") == "unknown" for row in shown):
+        lines.append("no price: trained on a machine nothing priced (your own, with neither cost.hourly_usd nor "
+                     "cost.electricity_usd_per_kwh set): its $0 is not a cost.")
+    if any(row.get("cost_known") is False for row in shown):
+        lines.append("unknown: a cloud machine no price list names (set cost.hourly_usd).")
+    return lines
+
+
 def to_markdown(report: dict) -> str:
     baseline, runs = report["baseline"], report["runs"]
     lines = quality_markdown(runs[0], baseline) if runs and baseline else []
-    names = [c[0] for c in COLUMNS]
+    shown = ([baseline] if baseline else []) + runs
+    cols = columns(shown)
+    names = [c[0] for c in cols]
     if lines:
-        lines += ["### Speed and cost", ""]
+        with_means = any(c in cols for c in TASK_COLUMNS)
+        lines += ["### Speed and cost" + (", with each run's quality means" if with_means else ""), ""]
     lines += ["| run | id | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
     if baseline:
         lines.append(f"| baseline `{baseline['run_name']}` | {baseline['id']} | "
-                     + " | ".join(_cell(baseline, n, f) for n, _, f, _ in COLUMNS) + " |")
+                     + " | ".join(_cell(baseline, n, f) for n, _, f, _ in cols) + " |")
     for row in runs:
         cells = []
-        for name, _source, fmt, lower_better in COLUMNS:
+        for name, _source, fmt, lower_better in cols:
             cell = _cell(row, name, fmt)
             change = row["delta"].get(name)
             if change and lower_better is not None:
                 if name in MARKED and change != "±0":
                     better = change.startswith("-") == lower_better
                     change = f"{'✅' if better else '⚠️'} {change}"
+                elif _verdict(row, name):  # quality: the paired verdict, not the sign
+                    change = f"{TABLE_MARK[_verdict(row, name)]} {change}"
                 cell += f" ({change})"
             cells.append(cell)
         lines.append(f"| `{row['run_name']}` | {row['id']} | " + " | ".join(cells) + " |")
+    notes = legend(shown, markdown=True)
+    if notes:
+        lines += [""] + notes
     if runs:
         lines += [""] + answers_markdown(runs[0])
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -246,31 +317,37 @@ def to_markdown(report: dict) -> str:
 def quality_text(row: dict, baseline: dict) -> str:
     if not row.get("quality"):
         return ""
-    lines = [f"quality of {label(row)} against {label(baseline)}:"]
-    for name, q in row["quality"].items():
-        lines.append(f"  {name:<16} {_number(q['value'], name):>10} vs {_number(q['baseline'], name):>10}  "
-                     f"{_delta(q, name):<32} {VERDICT_MARK[q['verdict']]}")
+    lines = [f"quality of {label(row)} against {label(baseline)} (this run vs baseline):"]
+    lines += [compare.quality_line(name, q, VERDICT_MARK[q["verdict"]]) for name, q in row["quality"].items()]
     if row.get("quality_note"):
         lines.append(f"  note: {row['quality_note']}")
     return "\n".join(lines) + "\n\n"
 
 
 def to_table(report: dict) -> str:
-    names = ["run", "id"] + [c[0] for c in COLUMNS]
+    shown = ([report["baseline"]] if report["baseline"] else []) + report["runs"]
+    cols = columns(shown)
+    names = ["run", "id"] + [c[0] for c in cols]
     rows = []
     if report["baseline"]:
         rows.append(["(baseline) " + report["baseline"]["run_name"], report["baseline"]["id"]]
-                    + [_cell(report["baseline"], n, f) for n, _, f, _ in COLUMNS])
+                    + [_cell(report["baseline"], n, f) for n, _, f, _ in cols])
     for row in report["runs"]:
-        rows.append([row["run_name"], row["id"]]
-                    + [_cell(row, n, f) + (f" {row['delta'][n]}" if row["delta"].get(n) else "") for n, _, f, _ in COLUMNS])
+        cells = []
+        for name, _, fmt, _ in cols:
+            cell = _cell(row, name, fmt) + (f" {row['delta'][name]}" if row["delta"].get(name) else "")
+            verdict = _verdict(row, name)
+            cells.append(cell + (f" {TABLE_WORD[verdict]}" if verdict else ""))
+        rows.append([row["run_name"], row["id"], *cells])
     widths = [max(len(str(x)) for x in column) for column in zip(names, *rows, strict=True)]
 
     def render(cells):
-        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     top = quality_text(report["runs"][0], report["baseline"]) if report["runs"] and report["baseline"] else ""
-    return top + "\n".join([render(names), render(["-" * w for w in widths]), *map(render, rows)]) + "\n"
+    notes = legend(shown, markdown=False)
+    return (top + "\n".join([render(names), render(["-" * w for w in widths]), *map(render, rows)]) + "\n"
+            + "".join(f"{note}\n" for note in notes))
 
 
 def cost_axis(costs: list[float]) -> tuple[float, float]:

@@ -10,6 +10,10 @@ answer's metrics, every validation example's loss). Two runs' examples are paire
   verdict  better / worse when the whole interval is on one side of 0, else within noise
 When the baseline was evaluated on other examples (another data version or split), there is
 nothing to pair: the means are compared, with no interval and no verdict, and `note` says so.
+
+The paired figures are means over the shared examples only, so they can differ from the
+run's own means (its headline eval loss is over all of its examples): `quality_line`, which
+`evaluate` and `report` print, says which examples each pair of figures is over.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ RESAMPLES = 2000
 LOWER_IS_BETTER = {"eval_loss", "perplexity"}
 BETTER, WORSE, NOISE = "better", "worse", "within noise"
 MIN_PAIRED_SHARE = 0.5  # at least half of this run's examples must also be in the baseline's
+# Rates: shown as percentages, their changes in percentage points.
+PERCENT = {"token_accuracy", "exact_match", "judge_win_rate"}
 
 
 def bootstrap_delta(run: np.ndarray, base: np.ndarray, run_weights: np.ndarray | None = None,
@@ -92,18 +98,50 @@ def compare(run_table: dict, base_table: dict, lower_is_better: set[str] = froze
             quality[name] = {
                 "value": _mean(run_examples[i] for i in common), "baseline": _mean(base_examples[i] for i in common),
                 "delta": delta, "ci95": list(ci95) if ci95 else None, "verdict": verdict(ci95, name in lower),
-                "examples": len(common), "paired": True,
+                "examples": len(common), "run_examples": len(run_examples), "paired": True,
             }
         else:
             value, baseline = _mean(run_examples.values()), _mean(base_examples.values())
             quality[name] = {"value": value, "baseline": baseline, "delta": value - baseline, "ci95": None,
-                             "verdict": None, "examples": len(run_examples), "paired": False}
+                             "verdict": None, "examples": len(run_examples), "run_examples": len(run_examples),
+                             "paired": False}
             notes.append(name)
     note = ""
     if notes:
         note = (f"the baseline was evaluated on other examples (another data version or split) for {', '.join(notes)}: "
                 "means compared only, no interval and no verdict")
     return {"quality": quality, "paired": not notes, "note": note}
+
+
+def show_value(name: str, value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if name in PERCENT else f"{value:.4g}"
+
+
+def show_change(name: str, q: dict) -> str:
+    """The delta and its 95% interval: `+0.636 [+0.51, +0.77]`, rates in points."""
+    show = (lambda v: f"{v * 100:+.1f} pts") if name in PERCENT else (lambda v: f"{v:+.4g}")
+    text = show(q["delta"])
+    if q.get("ci95"):
+        text += f" [{show(q['ci95'][0])}, {show(q['ci95'][1])}]"
+    return text
+
+
+def scope(q: dict) -> str:
+    """Which examples a comparison's two figures are means over."""
+    if not q.get("paired"):
+        return "each run's own examples (not paired)"
+    shared, total = q.get("examples"), q.get("run_examples")
+    if total and shared and total > shared:  # then they differ from this run's headline mean
+        return f"the {shared} examples both runs share (of this run's {total})"
+    return f"the {shared} examples both runs share"
+
+
+def quality_line(name: str, q: dict, verdict: str | None = None) -> str:
+    """`  eval_loss  on the 40 examples both runs share (of this run's 52): 3.594 vs 2.958 (baseline), +0.636 [...]: worse`"""
+    return (f"  {name:<16} on {scope(q)}: {show_value(name, q['value'])} vs {show_value(name, q['baseline'])} (baseline), "
+            f"{show_change(name, q)}: {verdict or q['verdict'] or 'means only'}")
 
 
 def read_examples(path: str | Path) -> dict | None:

@@ -85,11 +85,10 @@ def baseline_examples(params, log) -> tuple[str | None, dict | None]:
 
 
 def quality_lines(comparison: dict, base_run: str) -> list[str]:
-    lines = [f"compared with {base_run[:8]} (newest finished run of the baseline branch):"]
-    for name, q in comparison["quality"].items():
-        interval = f" [{q['ci95'][0]:+.4g}, {q['ci95'][1]:+.4g}]" if q["ci95"] else ""
-        lines.append(f"  {name:<16} {q['value']:.4g} vs {q['baseline']:.4g}: {q['delta']:+.4g}{interval} "
-                     f"{q['verdict'] or 'means only'} ({q['examples']} examples)")
+    # Each line says which examples its two figures are over: when the baseline lacks some of
+    # this run's examples, they are not the headline means printed above.
+    lines = [f"compared with {base_run[:8]} (newest finished run of the baseline branch), this run vs baseline:"]
+    lines += [compare.quality_line(name, q) for name, q in comparison["quality"].items()]
     if comparison["note"]:
         lines.append(f"  note: {comparison['note']}")
     return lines
@@ -171,7 +170,7 @@ def evaluate(params, log=print) -> dict:
     log(f"eval_loss {results['eval_loss']:.4f}, perplexity {results['perplexity']:.2f}, token accuracy "
         f"{results['token_accuracy']:.1%} on {results['eval_tokens']} tokens -> {metrics_path}")
     if answers:
-        log(f"{len(answers)} held-out answers: " + ", ".join(f"{k} {v:.4g}" for k, v in means(answers).items())
+        log(f"{len(answers)} held-out answers: " + ", ".join(f"{k} {compare.show_value(k, v)}" for k, v in means(answers).items())
             + f" -> {examples_path}")
     for task, values in results.get("harness", {}).items():
         log(f"harness {task}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
