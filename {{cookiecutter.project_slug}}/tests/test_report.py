@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -147,18 +148,24 @@ def quality_runs(mlflow_server, tmp_path_factory):
     ]
     run_ids = []
     for n, (name, tags, table) in enumerate(runs):
-        run = client.create_run(experiment, run_name=name, tags=tags)
-        path = tmp / str(n) / "eval_examples.json"
+        exact = sum(a["scores"]["exact_match"] for a in table["answers"]) / 20
+        metrics = {"eval_loss": 2.0, "exact_match": exact, "eval_examples": 20, "cost_usd": 1.0, "tokens_per_second": 1000}
+        run_ids.append(log_finished_run(client, experiment, name, tags, metrics, table, tmp / str(n)))
+    return client.get_experiment(experiment).name, run_ids
+
+
+def log_finished_run(client, experiment: str, name: str, tags: dict, metrics: dict, table: dict | None, tmp: Path) -> str:
+    """A finished run with its metrics and, when given, its eval_examples.json artifact."""
+    run = client.create_run(experiment, run_name=name, tags=tags)
+    if table is not None:
+        path = tmp / "eval_examples.json"
         path.parent.mkdir()
         path.write_text(json.dumps(table))
         client.log_artifact(run.info.run_id, str(path))
-        exact = sum(a["scores"]["exact_match"] for a in table["answers"]) / 20
-        metrics = {"eval_loss": 2.0, "exact_match": exact, "eval_examples": 20, "cost_usd": 1.0, "tokens_per_second": 1000}
-        client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
-        client.set_terminated(run.info.run_id)
-        run_ids.append(run.info.run_id)
-        time.sleep(0.002)
-    return client.get_experiment(experiment).name, run_ids
+    client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
+    client.set_terminated(run.info.run_id)
+    time.sleep(0.002)  # distinct start times: the newest run is unambiguous
+    return run.info.run_id
 
 
 def test_json_quality_is_paired_with_an_interval_and_a_verdict(quality_runs, mlflow_server):
@@ -260,17 +267,9 @@ def first_hour_runs(mlflow_server, tmp_path_factory):
     ]
     run_ids = []
     for n, (name, tags, (cost, cost_tags), metrics, table) in enumerate(runs):
-        run = client.create_run(experiment, run_name=name, tags={**tags, **cost_tags})
         if table is not None:
-            path = tmp / str(n) / "eval_examples.json"
-            path.parent.mkdir()
-            path.write_text(json.dumps(table))
-            client.log_artifact(run.info.run_id, str(path))
             metrics = {**metrics, "eval_examples": len(table["answers"])}
-        client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in {**metrics, **cost}.items()])
-        client.set_terminated(run.info.run_id)
-        run_ids.append(run.info.run_id)
-        time.sleep(0.002)
+        run_ids.append(log_finished_run(client, experiment, name, {**tags, **cost_tags}, {**metrics, **cost}, table, tmp / str(n)))
     return client.get_experiment(experiment).name, run_ids
 
 
