@@ -22,10 +22,17 @@ $(VENV)/.installed: requirements-test.txt .ci/node/package-lock.json
 	npm ci --prefix .ci/node --no-audit --no-fund --silent
 	touch $@
 
+# The venv's bin first on PATH, for what the demo runs by name: the post-generation hook's `dvc init`
+# (without it the demo project would have no DVC) and the demo's make recipes.
+WITH_VENV_PATH = PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+DEMO_PROJECT = $(DEMO_DIR)/support-assistant-fine-tune
+
 demo: install  ## bake the default project into build/demo and run its `make smoke`
 	rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
-	$(PY) -m cookiecutter --no-input --output-dir $(DEMO_DIR) .
-	cd $(DEMO_DIR)/support-assistant-fine-tune && $(PY) -m pip install --quiet --no-deps -e . && $(MAKE) smoke PYTHON=$(PY)
+	$(WITH_VENV_PATH) $(PY) -m cookiecutter --no-input --output-dir $(DEMO_DIR) .
+	cd $(DEMO_PROJECT) && $(PY) -m pip install --quiet --no-deps -e . && $(WITH_VENV_PATH) $(MAKE) smoke PYTHON=$(PY)
+	@echo "The demo project is $(DEMO_PROJECT). Its MLflow UI, at http://127.0.0.1:5000 (Ctrl-C stops it):"
+	@echo "  cd $(DEMO_PROJECT) && make mlflow-ui PYTHON=$(PY)"
 
 $(SKY_VENV)/.installed:
 	[ -x $(SKY_VENV)/bin/python ] || python3 -m venv $(SKY_VENV)

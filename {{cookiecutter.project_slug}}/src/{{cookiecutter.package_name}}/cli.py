@@ -1,4 +1,4 @@
-"""Command line: `{{ cookiecutter.package_name }} prepare | train | evaluate | merge | report | smoke | ...`.
+"""Command line: `{{ cookiecutter.package_name }} prepare | train | evaluate | merge | chat | report | smoke | ...`.
 
 Exit codes (documented in the README; SkyPilot recovery and retry loops act on them):
   0   success
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -114,6 +115,13 @@ def cmd_merge(params: Params, args) -> None:
     merge(params, args.out or f"{params.train.output_dir}/merged", args.dtype)
 
 
+def cmd_chat(params: Params, args) -> int:
+    from .chat import chat
+
+    return chat(params, args.model, args.adapter, args.prompt, args.system, args.max_new_tokens, args.temperature,
+                args.show_prompt)
+
+
 def cmd_smoke(params: Params, resume: str = "never") -> None:
     started = time.perf_counter()
     cmd_prepare(params)
@@ -127,7 +135,13 @@ def cmd_smoke(params: Params, resume: str = "never") -> None:
     print(f"  adapter:  {params.train.output_dir}/adapter")
     print(f"  MLflow:   experiment '{params.tracking.experiment}' at {uri}")
     if uri.startswith("sqlite:"):
-        print(f"  open it:  mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
+        # This interpreter, so the line works without an activated venv; without MLflow's job runner
+        # (its huey_consumer processes outlive a stopped UI) and with one worker: browsing needs neither.
+        python = shlex.quote(sys.executable or "python")
+        print(
+            f"  open it:  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false {python} -m mlflow ui --backend-store-uri"
+            f" {shlex.quote(uri)} --workers 1   (then http://127.0.0.1:5000)"
+        )
 
 
 def cmd_tracking_sync(params: Params) -> None:
@@ -151,6 +165,7 @@ COMMANDS = {
     "train": (cmd_train, "train the adapter, logging to MLflow (DVC stage 'train')"),
     "evaluate": (cmd_evaluate, "loss, token accuracy and scored answers, compared with main's run -> metrics.json (DVC stage 'evaluate')"),
     "merge": (cmd_merge, "merge the adapter into the base model (16-bit) -> a standard model directory"),
+    "chat": (cmd_chat, "talk to the trained model (base + adapter, or --model DIR): a prompt loop, or --prompt TEXT once"),
     "smoke": (cmd_smoke, "prepare + train + evaluate on the tiny model, on CPU, in about a minute"),
     "tracking-sync": (cmd_tracking_sync, "send MLflow updates kept on disk while the server was unreachable"),
 }
@@ -176,11 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "prepare":
             sub.add_argument(
                 "--show", type=int, metavar="N",
-                help="print the first N examples as rendered for the model, the trained part marked; write nothing",
+                help="print N examples as rendered for the model (taken in turn from each file, evenly spaced, each with its file:line), the trained part marked; write nothing",
             )
         if name == "merge":
             sub.add_argument("--out", help="output directory (default: <train.output_dir>/merged)")
             sub.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+        if name == "chat":
+            sub.add_argument("--model", metavar="DIR", help="a model directory (what `merge` writes) instead of base + adapter")
+            sub.add_argument("--adapter", metavar="DIR", help="the adapter (default: <train.output_dir>/adapter)")
+            sub.add_argument("--prompt", metavar="TEXT", help="answer this once, print the answer and exit")
+            sub.add_argument("--system", metavar="TEXT", help="a system prompt for the conversation")
+            sub.add_argument("--max-new-tokens", type=int, metavar="N", help="longest answer (default: eval.max_new_tokens)")
+            sub.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sample")
+            sub.add_argument("--show-prompt", action="store_true", help="print each prompt as the model sees it (stderr)")
     from . import bench, report
     from .compute import launch, plan, sweep
 
@@ -241,6 +264,8 @@ def run_command(argv: list[str] | None) -> int:
         params = resolve_params(args)
         if args.command == "merge":
             cmd_merge(params, args)
+        elif args.command == "chat":
+            return cmd_chat(params, args)
         elif args.command == "train":
             cmd_train(params, args.resume)
         elif args.command == "smoke":
