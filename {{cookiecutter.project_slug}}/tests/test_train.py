@@ -9,7 +9,8 @@ import pytest
 from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.evaluate import evaluate
 from {{ cookiecutter.package_name }}.model import loading
-from {{ cookiecutter.package_name }}.train import BudgetExceeded, outputs, rows_for_step, train
+from {{ cookiecutter.package_name }}.tracking import plots
+from {{ cookiecutter.package_name }}.train import BudgetExceeded, rows_for_step, train
 from test_loss_plot import marker_misses
 
 from conftest import smoke_params
@@ -34,12 +35,17 @@ def test_loss_falls(trained):
     assert losses[-1] < losses[0] - 0.5, losses
 
 
-def test_the_loss_png_marks_every_logged_point(trained):
-    params, _, _ = trained
+def test_the_loss_png_marks_every_logged_point_and_the_eval_loss(trained):
+    params, _, metrics = trained
     rows = open(params.train.output_dir + "/train_loss.csv").read().splitlines()[1:]
     log = [(int(step), float(loss)) for step, loss in (row.split(",") for row in rows)]
-    figure = outputs.loss_figure(log, params.model.base)  # drawn as the trainer drew it, to find the points
-    assert marker_misses(params.train.output_dir + "/loss.png", figure, log, outputs.TRAIN_COLOUR) == []
+    # `evaluate` redrew it with its eval loss at the last step, beside the training loss.
+    evals = [(params.train.max_steps, metrics["eval_loss"])]
+    figure = plots.loss_figure(log, params.model.base, evals)  # drawn as evaluate drew it, to find the points
+    png = params.train.output_dir + "/loss.png"
+    # The eval square sits at the last step, over the last training dot when the two losses are close.
+    assert marker_misses(png, figure, log[:-1], plots.TRAIN_COLOUR) == []
+    assert marker_misses(png, figure, evals, plots.EVAL_COLOUR) == []
 
 
 def test_adapter_is_saved_in_peft_format_and_reloads(trained):

@@ -6,7 +6,8 @@
 4. baseline: the newest finished run of `eval.baseline_branch` in MLflow, compared example
    by example (compare.py); optional pairwise judge of the two runs' answers (judge.py)
 5. outputs: metrics.json (the means: DVC metrics), eval_examples.json (every example's
-   scores: what later comparisons pair), generations.jsonl; all logged to the training run.
+   scores: what later comparisons pair), generations.jsonl, loss.png redrawn with the eval
+   loss beside the training loss; all logged to the training run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .. import data
 from ..atomic import write_text_atomic
 from ..model import loading
 from ..tracking import RUN_FILE, log_to_training_run, tracking_uri
+from ..tracking.plots import plot_loss, read_loss_csv
 from . import compare, metrics
 from .answers import example_key, generate_answers, validation_scores
 
@@ -47,6 +49,15 @@ def scored_answers(generations: list[dict], scorers: dict) -> list[dict]:
             "scores": metrics.score(scorers, prompt, g.get("reference", ""), g["generated"]),
         })
     return rows
+
+
+def redraw_loss_curve(params, eval_loss: float) -> Path | None:
+    """outputs/loss.png again, with the eval loss at the last step beside the training loss."""
+    out = Path(params.train.output_dir)
+    training = read_loss_csv(out / "train_loss.csv")
+    if not training:
+        return None  # an adapter trained elsewhere: no curve to add to
+    return plot_loss(training, out / "loss.png", title=params.model.base, eval_points=[(params.train.max_steps, eval_loss)])
 
 
 def means(answers: list[dict]) -> dict[str, float]:
@@ -165,8 +176,9 @@ def evaluate(params, log=print) -> dict:
     logged = {key: value for key, value in results.items() if isinstance(value, (int, float)) and key != "eval_tokens"}
     for task, values in results.get("harness", {}).items():
         logged.update({f"harness.{task}.{name}": value for name, value in values.items()})
-    run_id = log_to_training_run(params, logged, [metrics_path, generations_path, examples_path],
-                                 step=params.train.max_steps, tables={"generations.json": table})
+    curve = redraw_loss_curve(params, results["eval_loss"])
+    artifacts = [metrics_path, generations_path, examples_path] + ([curve] if curve else [])
+    run_id = log_to_training_run(params, logged, artifacts, step=params.train.max_steps, tables={"generations.json": table})
     log(f"eval_loss {results['eval_loss']:.4f}, perplexity {results['perplexity']:.2f}, token accuracy "
         f"{results['token_accuracy']:.1%} on {results['eval_tokens']} tokens -> {metrics_path}")
     if answers:

@@ -5,7 +5,7 @@
   optim        the optimizer and the learning-rate schedule
   run          the bookkeeping across restarts: resume point, cost, MLflow, stop signals, checkpoint saves
   checkpoints  atomic, verified, resumable checkpoint folders; the cost of every segment
-  outputs      the adapter, the loss curve as CSV and PNG
+  outputs      the adapter, saved atomically in PEFT's format with its tokenizer
 
 Imports: model, data, compute (prices, the cost meter, the plan's estimate), tracking, config, atomic.
 """

@@ -28,8 +28,9 @@ from ..compute import prices
 from ..compute.cost import CostMeter
 from ..model import flops
 from ..tracking import Tracker
+from ..tracking.plots import plot_loss, write_loss_csv
 from . import checkpoints
-from .outputs import plot_loss, save_adapter, write_loss_csv
+from .outputs import save_adapter
 from .session import Session
 from .step import StepResult
 
