@@ -155,8 +155,7 @@ def test_update_moves_a_module_and_keeps_the_users_edit_inside_it(template_repo,
     package = project / "src" / SLUG.replace("-", "_")
     old, new = package / "train" / "outputs.py", package / "train" / "saving.py"
     # The user's own edit inside the module that will move, and one elsewhere.
-    edited = old.read_text().replace('"""The loss curve as a DVC plot', '"""Our team reads this CSV. The loss curve as a DVC plot', 1)
-    assert edited != old.read_text()
+    edited = old.read_text() + "\n# Our team's note: keep the tokenizer with the adapter.\n"
     old.write_text(edited)
     params = project / "params.yaml"
     params.write_text(params.read_text().replace("  r: 16\n", "  r: 24\n", 1))
