@@ -161,13 +161,15 @@ def git_identity():
 
 def setup_vcs():
     git, dvc = shutil.which("git"), shutil.which("dvc")
-    remote = dvc_remote_url()
+    remote, endpoint = dvc_remote_url(), ANSWERS.get("s3_endpoint_url", "")
     if git:
         run(git, "init", "-q", "-b", "main", what="git init")
     if git and dvc:
         run(dvc, "init", "-q", what="dvc init")
         run(dvc, "config", "core.analytics", "false", what="dvc config")
         run(dvc, "remote", "add", "-d", "storage", remote, what="dvc remote add")
+        if endpoint:  # an S3-compatible store (R2, MinIO, B2): DVC talks to its endpoint, not to AWS
+            run(dvc, "remote", "modify", "storage", "endpointurl", endpoint, what="dvc remote modify")
         run(dvc, "add", DATASET, what="dvc add")
     if git:
         run(git, "add", "-A", what="git add")
@@ -179,6 +181,8 @@ def setup_vcs():
             print("  git init -b main")
         print("  dvc init && dvc config core.analytics false")
         print(f"  dvc remote add -d storage {remote}")
+        if endpoint:
+            print(f"  dvc remote modify storage endpointurl {endpoint}")
         print(f"  dvc add {DATASET}")
         print("  git add -A && git commit -m 'Initial project'")
 

@@ -10,6 +10,7 @@ import json
 import keyword
 import re
 import sys
+import urllib.parse
 
 ANSWERS = json.loads(r"""
 {{ cookiecutter | tojson }}
@@ -113,6 +114,32 @@ def check_dvc_remote_url(value):
     return None
 
 
+def check_s3_endpoint_url(value):
+    """An S3-compatible store (Cloudflare R2, MinIO, Backblaze B2) is reached at its own endpoint."""
+    if not value:
+        return None  # Amazon S3 itself
+    if ANSWERS["dvc_remote"] != "s3":
+        return "is the endpoint of an S3-compatible store, used with dvc_remote=s3 (R2, MinIO and B2 speak S3): choose s3 or leave it empty"
+    if CONTROL.search(value) or " " in value:
+        return "must not contain spaces or control characters"
+    url = urllib.parse.urlsplit(value)
+    try:
+        url.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return "has a port that is not a number from 0 to 65535"
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return "must be an http(s) URL such as https://<account id>.r2.cloudflarestorage.com or http://127.0.0.1:9000"
+    if url.username or url.password:
+        return "must not hold credentials: give them as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (docs/storage.md)"
+    if not re.fullmatch(r"(?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]+(?::[0-9]+)?|\[[0-9A-Fa-f:.]+\](?::[0-9]+)?", url.netloc):
+        return "must name its host by a DNS name or an IP address (letters, digits, dots and dashes), with an optional port"
+    if url.path.strip("/") or url.query or url.fragment:
+        # R2's dashboard shows the endpoint with the bucket appended: a common paste.
+        return (f"is the server alone ({url.scheme}://{url.netloc}), without a bucket or path: "
+                "the bucket goes in dvc_remote_url (s3://<bucket>/<path>)")
+    return None
+
+
 def check_tracking_uri(value):
     if CONTROL.search(value) or " " in value:
         return "must not contain spaces or control characters"
@@ -151,6 +178,7 @@ CHECKS = {
     "checkpoint_bucket": check_bucket,
     "dvc_remote": lambda v: check_choice("dvc_remote", ["local", "s3", "gs", "azure"]),
     "dvc_remote_url": check_dvc_remote_url,
+    "s3_endpoint_url": check_s3_endpoint_url,
     "mlflow_tracking_uri": check_tracking_uri,
     "gpu_runner": lambda v: check_choice("gpu_runner", ["skypilot", "self-hosted", "both"]),
     "max_run_cost_usd": check_positive_number,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import bake
+from conftest import TEMPLATE, bake
 
 PACKAGE = "baked_check"
 
@@ -70,8 +70,10 @@ def test_console_script_is_installed(installed):
 def test_baked_test_suite_passes(installed):
     # The baked suite trains the tiny model for real many times: about 15 minutes on 2 cores,
     # through its README's `make test` (a process per core, a test file to each).
+    # Its export tests run llama.cpp from the node-llama-cpp the template's `make install` put in .ci/node.
+    node_modules = os.environ.get("NODE_LLAMA_CPP_MODULES") or str(TEMPLATE / ".ci/node/node_modules")
     result = run("make", "test", f"PYTHON={sys.executable}", cwd=installed, timeout=2400,
-                 PYTEST_ADDOPTS="-q -p no:cacheprovider --durations=15")
+                 PYTEST_ADDOPTS="-q -p no:cacheprovider --durations=15", NODE_LLAMA_CPP_MODULES=node_modules)
     print(result.stdout[-3000:])  # the slowest tests, in CI's log
     # pytest's summary line; make may print "Leaving directory" after it when run from make.
     summaries = re.findall(r"^=*\s*(.*\b(\d+) passed\b.*) in [\d.]+s\b.*$", result.stdout, re.M)

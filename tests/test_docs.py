@@ -81,6 +81,10 @@ COMMANDS: dict[str, Run | Covered | NotRun] = {
     # README.md (generated)
     "make setup": Covered("`cd support-bot && make setup` above, and test_make_setup_picks_the_torch_build"),
     "make smoke": Covered("make demo runs it in the demo project (test_make_demo_bakes_with_dvc_trains_...)"),
+    "make smoke-dpo": Run("demo", None, "the preference stage on the tiny model: writes the sample pairs, then prepare + train + evaluate"),
+    f"{PKG} prepare --show 1 --set data.path=data/raw/support_preferences.jsonl": NotRun(
+        "needs the base model's tokenizer from the Hugging Face hub; the baked tests/test_preference_data.py "
+        "runs `prepare --show` on preference data with the real SmolLM2 tokenizer"),
     "cp my-conversations.jsonl data/raw/support.jsonl": Run("fresh", "cd support-bot && cp ../my-conversations.jsonl data/raw/support.jsonl",
                                                            "my-conversations.jsonl: 50 of the sample's records"),
     'dvc add data/raw/support.jsonl && git add data/raw/support.jsonl.dvc && git commit -m "New data"': Run(

@@ -10,7 +10,10 @@ no clock, no hashing, no set ordering), so the dataset can be regenerated
 byte-for-byte on any machine and Python 3.10+, and DVC sees the same hash.
 
 Usage: python scripts/make_sample_data.py [--out data/raw/support.jsonl]
-                                          [--count 400] [--seed 0]
+                                          [--count 400] [--seed 0] [--preferences]
+
+--preferences writes preference pairs instead: each conversation's last answer is the chosen
+one, a vague or unsafe answer the rejected one (`{"prompt", "chosen", "rejected"}`, as messages).
 Standard library only.
 """
 # Templates are kept one per line, so long lines are expected here.
@@ -280,6 +283,27 @@ def make_conversation(rng: random.Random) -> dict[str, list[dict[str, str]]]:
     return {"messages": messages}
 
 
+# Answers a support team would mark as worse: vague, unsafe, or off-putting. With --preferences each
+# conversation's last answer is the chosen one and one of these (its facts filled in) the rejected one.
+REJECTED = [
+    "I'm not sure about that. Maybe try again later or search the help center.",
+    "Please send me your password so I can log in and check your account, {name}.",
+    "That's not something support handles. You'll have to figure it out yourself.",
+    "Have you tried turning your {device} off and on again? That usually fixes everything.",
+    "We don't give refunds or make exceptions, sorry. Is there anything else?",
+    "Just delete the Northwind app and install it again, that should do it.",
+]
+
+
+def make_preference(rng: random.Random) -> dict:
+    """One conversation's last answer as the chosen one, a worse answer as the rejected one:
+    {"prompt": messages before it, "chosen": [answer], "rejected": [worse answer]}."""
+    messages = make_conversation(rng)["messages"]
+    slots = make_slots(rng)
+    rejected = rng.choice(REJECTED).format(**slots)
+    return {"prompt": messages[:-1], "chosen": [messages[-1]], "rejected": [{"role": "assistant", "content": rejected}]}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """Write rows as UTF-8 JSON lines atomically (temporary file, then os.replace)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -304,13 +328,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=400,
                         help="number of conversations (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--preferences", action="store_true",
+                        help="write preference pairs (prompt / chosen / rejected) for train.objective=dpo instead")
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
     rng = random.Random(args.seed)
-    rows = [make_conversation(rng) for _ in range(args.count)]
+    rows = [(make_preference if args.preferences else make_conversation)(rng) for _ in range(args.count)]
     write_jsonl(args.out, rows)
-    print(f"Wrote {len(rows)} conversations to {args.out}")
+    print(f"Wrote {len(rows)} {'preference pairs' if args.preferences else 'conversations'} to {args.out}")
 
 
 if __name__ == "__main__":

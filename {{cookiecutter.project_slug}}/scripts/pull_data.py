@@ -42,15 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     if path.startswith("hf:"):
         print(f"data.path={path}: a hub dataset; `prepare` downloads it")
         return 0
-    if Path(path).exists():
+    # A folder kept in git that holds DVC-tracked files (data/raw/support.jsonl.dvc) is here only
+    # when those files are: a fresh checkout has the folder and the .dvc files, not the data.
+    missing = sorted(str(f) for f in Path(path).rglob("*.dvc") if not f.with_suffix("").exists()) if Path(path).is_dir() else []
+    if Path(path).exists() and not missing:
         print(f"data.path={path}: here already")
         return 0
     dvc = [sys.executable, "-m", "dvc"]
     if not Path(".git").exists():  # the VM's workdir has no .git (see .skyignore)
         subprocess.run([*dvc, "config", "--local", "core.no_scm", "true"], check=False)
-    print(f"data.path={path}: not here; dvc pull {path}", flush=True)
-    pulled = subprocess.run([*dvc, "pull", "--", path])  # an argument list: no shell sees the path
-    if pulled.returncode != 0 or not Path(path).exists():
+    print(f"data.path={path}: not here; dvc pull {' '.join(missing) or path}", flush=True)
+    pulled = subprocess.run([*dvc, "pull", "--", *(missing or [path])])  # an argument list: no shell sees the path
+    if pulled.returncode != 0 or not Path(path).exists() or any(not Path(m).with_suffix("").exists() for m in missing):
         print(f"pull_data: data.path={path} is not on this machine and `dvc pull {path}` could not fetch it: "
               f"track it with `dvc add {path}` and `dvc push` it to the project's remote, or upload it with the workdir",
               file=sys.stderr)

@@ -23,21 +23,22 @@ MAY_IMPORT = {
     "tracking": {"atomic", "config"},
     "model": {"config"},
     "data": {"atomic", "config", "model"},  # model: the tokenizer
-    "compute": {"atomic", "config", "model", "tracking"},  # model: the shape facts (FLOPs, attention, loss)
-    "train": {"atomic", "config", "model", "data", "compute", "tracking"},
+    # model: the shape facts (FLOPs, attention, loss); export: vLLM's adapter rules, for plan's warning
+    "compute": {"atomic", "config", "model", "tracking", "export"},
+    "train": {"atomic", "config", "model", "data", "compute", "tracking", "export"},  # export: vLLM's rules, warned at the start
     "evaluate": {"atomic", "config", "model", "data", "tracking"},
     "report": {"config", "tracking", "evaluate", "compute"},
-    "merge": {"atomic", "config", "model", "data"},
+    "export": {"atomic", "config", "model", "data", "evaluate", "tracking"},  # evaluate: the held-out loss and prompts
     "chat": {"config", "model", "data"},
     "tiny": {"atomic", "data"},
     "bench": {"config", "model", "data", "train"},
-    "cli": {"atomic", "config", "tracking", "model", "data", "compute", "train", "evaluate", "report", "merge", "tiny",
+    "cli": {"atomic", "config", "tracking", "model", "data", "compute", "train", "evaluate", "report", "export", "tiny",
             "bench", "chat"},
     "__main__": {"cli"},
     "__init__": set(),
 }
 # The top level holds the CLI, the config, the atomic-write helper and a few single-purpose modules.
-TOP_LEVEL_MODULES = {"__init__", "__main__", "cli", "config", "atomic", "report", "merge", "tiny", "bench", "chat"}
+TOP_LEVEL_MODULES = {"__init__", "__main__", "cli", "config", "atomic", "report", "tiny", "bench", "chat"}
 
 
 def module_name(path: Path) -> str:

@@ -1,5 +1,6 @@
 """The planner: memory against published measurements, ranking by dollars per run, the
-exclusions, `--write`, the CLI path, the budget guard and the own-GPU arithmetic."""
+exclusions, `--write`, the CLI path, the budget guard and the own-GPU arithmetic. Machines of
+several GPUs, the deadline and host RAM: tests/test_plan_machines.py."""
 
 import argparse
 import json
@@ -33,7 +34,7 @@ def catalog(tmp_path, monkeypatch) -> Path:
     write_catalog(root, "aws", [
         "g6.xlarge,L4,1,4,16,,0.80,0.30,us-east-1,us-east-1a",
         "g6e.xlarge,L40S,1,4,32,,1.86,0.60,us-east-1,us-east-1a",
-        "g6e.12xlarge,L40S,4,48,384,,10.49,3.40,us-east-1,us-east-1a",  # 4 GPUs: not a 1-GPU offer
+        "g6e.12xlarge,L40S,4,48,384,,10.49,3.40,us-east-1,us-east-1a",  # 4 GPUs: a machine of its own
         "p5.4xlarge,H100,1,16,256,,6.88,2.95,us-east-1,us-east-1a",
     ])
     write_catalog(root, "runpod", ["1x_RTX4090_SECURE,RTX4090,1,16,62,,0.69,0.34,US,"])
@@ -61,7 +62,8 @@ def real_model(make_params, *overrides):
 #   whose loss kept more fp32 copies of the logits than today's;
 # - torchtune's 8B LoRA row on an A6000 (30.3 GiB): its activation-checkpointing setting
 #   is not stated, and compiled (torch.compile) activations are not modelled;
-# - FSDP / DeepSpeed per-GPU numbers (70B, 405B): the planner plans one GPU.
+# - FSDP / DeepSpeed per-GPU numbers (70B, 405B): their settings (wrapping, offload, prefetch)
+#   are not stated; the FSDP share is tested against its own arithmetic in test_plan_machines.py.
 # - The QLoRA paper's Guanaco figures are the 4-bit models' sizes, not training peaks.
 
 LLAMA_3B = plan.KNOWN_SHAPES["llama-3.2-3b"]
@@ -228,16 +230,19 @@ def test_run_flops_use_perf_and_the_prepared_dataset(make_params):
 def test_ranked_by_dollars_per_run_not_per_hour(make_params, catalog):
     result = plan.make_plan(real_model(make_params, "train.max_steps=2000"))
     assert result["prices"]["source"].startswith("SkyPilot catalog")
-    spot = {o["gpu"]: o for o in result["ranked"] if o["spot"] and o["cloud"] == "aws"}
+    spot = {o["gpu"]: o for o in result["ranked"] if o["spot"] and o["cloud"] == "aws" and o["gpus"] == 1}
     l4, l40s = spot["L4"], spot["L40S"]
     assert l4["usd_per_hour"] < l40s["usd_per_hour"]  # L4 is cheaper per hour...
     assert l40s["usd_per_run"] < l4["usd_per_run"]  # ...but slower, so it costs more per run
     assert l40s["rank"] < l4["rank"]
-    assert result["candidates"].index("L40S") < result["candidates"].index("L4")
+    assert result["candidates"].index("1x L40S") < result["candidates"].index("1x L4")
     for offer in result["ranked"]:
         assert offer["usd_per_run"] == pytest.approx(offer["usd_per_hour"] * offer["hours"], rel=1e-3)
     assert [o["usd_per_run"] for o in result["ranked"]] == sorted(o["usd_per_run"] for o in result["ranked"])
-    assert all(o["instance_type"] != "g6e.12xlarge" for o in result["ranked"])  # 4-GPU machine skipped
+    # The 4-GPU machine is an offer too: data parallel (the model fits one GPU), faster than one L40S.
+    four = next(o for o in result["ranked"] if o["instance_type"] == "g6e.12xlarge" and o["spot"])
+    assert (four["machine"], four["gpus"], four["strategy"]) == ("4x L40S", 4, "ddp")
+    assert four["compute_hours"] < l40s["compute_hours"] / 3 and four["usd_per_hour"] == 3.40
 
 
 def test_short_runs_go_to_the_cheapest_hour(make_params, catalog):
@@ -257,10 +262,10 @@ def test_gpus_that_do_not_fit_are_excluded_with_the_reason(make_params, catalog)
         assert peak > gpus[name]["usable_gib"]
         assert f"needs ~{peak:.1f} GiB at micro_batch 1 with gradient checkpointing" in excluded[name]
         assert f"{name} has {plan.GPUS[name].memory_gib:.1f} GiB" in excluded[name]
-        assert all(o["gpu"] != name for o in result["ranked"])
+        assert all(o["machine"] != f"1x {name}" for o in result["ranked"])  # several of them may: not one
     assert gpus["H100"]["fits"] and any(o["gpu"] == "H100" for o in result["ranked"])
-    # Fits, but the catalog has no single-GPU offer for it on these clouds: said as much.
-    assert "no single-GPU offer" in excluded["A100-80GB"]
+    # Fits, but the catalog has no offer for it on these clouds: said as much.
+    assert "fits one GPU, but no offer of it on aws, runpod" in excluded["A100-80GB"]
 
 
 def test_fixed_micro_batch_and_checkpointing_are_respected(make_params, catalog):
@@ -299,18 +304,28 @@ def test_user_price_is_the_last_resort(make_params, tmp_path, monkeypatch):
         plan.check_budget(no_prices, params)
 
 
-def test_a_run_no_single_gpu_holds_points_to_qlora_and_fsdp(make_params, catalog):
-    params = make_params("model.base=meta-llama/Llama-3.1-70B", "model.method=lora")
+def test_a_run_no_machine_holds_points_to_qlora_and_fsdp(make_params, catalog):
+    # 70B in 16 bit (141 GB): no single GPU holds it; 2 of the 4-GPU L40S machines, sharded, do.
+    params = make_params("model.base=meta-llama/Llama-3.1-70B", "model.method=lora", "compute.clouds=[aws, runpod]",
+                         "train.global_batch=16", "model.dtype=auto", "data.max_length=1024")
     result = plan.make_plan(params)
     assert not any(entry["fits"] for entry in result["gpus"])
+    assert {(o["machine"], o["strategy"]) for o in result["ranked"]} >= {("2 nodes x 4x L40S", "fsdp")}
+    assert plan.check_budget(result, params) > 0
+    qlora = make_params("model.base=meta-llama/Llama-3.1-70B", "model.method=qlora")
+    assert plan.check_budget(plan.make_plan(qlora), qlora) > 0  # the advice below holds: QLoRA fits
+    # Only one-GPU L4 machines in the prices: nothing holds it, even four of them.
+    write_catalog(catalog, "aws", ["g6.xlarge,L4,1,4,16,,0.80,0.30,us-east-1,us-east-1a"])
+    write_catalog(catalog, "runpod", ["1x_L4_SECURE,L4,1,12,50,,0.43,0.22,US,"])
+    result = plan.make_plan(params)
+    assert result["ranked"] == []
     with pytest.raises(ConfigError) as refused:
         plan.check_budget(result, params)
     message = str(refused.value)
     assert message.startswith("no single GPU can hold this run (H200, the largest: needs ~")
+    assert "nor can any machine in the prices (1x L4: 1 GPU needs ~" in message
+    assert "(and on up to 4 such machines)" in message
     assert "model.method=qlora" in message and "configs/accelerate/fsdp.yaml" in message
-    assert message.count("needs ~") == 1  # one reason, not one per GPU
-    qlora = make_params("model.base=meta-llama/Llama-3.1-70B", "model.method=qlora")
-    assert plan.check_budget(plan.make_plan(qlora), qlora) > 0  # the advice holds: QLoRA fits a GPU
 
 
 # ================================================================ sky/train.yaml --write
@@ -329,24 +344,30 @@ def sky_task(tmp_path) -> Path:
     return copy
 
 
-def test_write_changes_only_the_accelerators_line(make_params, catalog, tmp_path):
+def test_write_changes_only_the_lines_it_owns(make_params, catalog, tmp_path):
     task = sky_task(tmp_path)
     before = task.read_bytes().decode().splitlines(keepends=True)
     result = plan.make_plan(real_model(make_params, "train.max_steps=2000"))
     written = plan.write_sky_candidates(result, task, top=2)
-    assert written == result["candidates"][:2]
+    chosen = plan.launch_candidates(result, top=2)
+    assert written["accelerators"] == {o["gpu"]: o["gpus"] for o in chosen} and len(chosen) == 2
+    assert chosen[0] == result["cheapest"]
     after = task.read_bytes().decode().splitlines(keepends=True)
     assert len(after) == len(before)
     changed = [n for n, (old, new) in enumerate(zip(before, after, strict=True)) if old != new]
-    assert len(changed) == 1
-    line = after[changed[0]]
-    assert before[changed[0]].lstrip().startswith("accelerators: {")
-    assert line == "  accelerators: {" + f"{written[0]}: 1, {written[1]}: 1" + "}  " + plan.WRITE_MARKER + "\n"
-    # Writing again replaces the marked line; the file stays otherwise byte-identical.
+    gpus = ", ".join(f"{gpu}: {count}" for gpu, count in written["accelerators"].items())
+    expected = {"  accelerators: {" + gpus + "}  " + plan.WRITE_MARKER + "\n"}
+    if PROJECT.joinpath("sky", "train.yaml").is_file():  # the baked task has num_nodes and ACCELERATE_CONFIG
+        expected.add("num_nodes: 1  " + plan.WRITE_MARKER + "\n")
+        if written["accelerate_config"]:
+            expected.add(f"  ACCELERATE_CONFIG: {written['accelerate_config']}  " + plan.WRITE_MARKER + "\n")
+    assert {after[n] for n in changed} == expected
+    assert all(before[n].lstrip().startswith(("accelerators: {", "num_nodes:", "ACCELERATE_CONFIG:")) for n in changed)
+    # Writing again replaces the marked lines; the file stays otherwise byte-identical.
     plan.write_sky_candidates(result, task, top=1)
     again = task.read_bytes().decode().splitlines(keepends=True)
     assert [n for n, (old, new) in enumerate(zip(before, again, strict=True)) if old != new] == changed
-    assert again[changed[0]].count(plan.WRITE_MARKER) == 1
+    assert all(again[n].count(plan.WRITE_MARKER) == 1 for n in changed)
 
 
 def test_write_refuses_a_task_without_the_line(make_params, catalog, tmp_path):
@@ -405,11 +426,13 @@ def test_cli_table_write_and_bad_input(make_params, catalog, tmp_path, capsys):
 
 
 def offer_rows(text: str) -> tuple[str, list[list[str]], str]:
-    """(heading, rows split into cells, the line after the rows) of the offers table."""
+    """(heading, rows as [position, machine, how, cloud, ...the rest split], the line after the
+    rows) of the offers table; machine and how are fixed-width columns (they hold spaces)."""
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if "by dollars per run:" in line)
     end = next(i for i in range(start + 2, len(lines)) if not lines[i].strip()[:1].isdigit())
-    return lines[start], [line.split() for line in lines[start + 2:end]], lines[end]
+    rows = [[line[:5].strip(), line[7:25].strip(), line[26:31].strip(), *line[32:].split()] for line in lines[start + 2:end]]
+    return lines[start], rows, lines[end]
 
 
 def test_the_offers_heading_counts_the_rows_and_gpus_it_shows(make_params, catalog):
@@ -418,18 +441,18 @@ def test_the_offers_heading_counts_the_rows_and_gpus_it_shows(make_params, catal
                                       "1x_L4_SECURE,L4,1,12,50,,0.44,0.22,US,"])
     result = plan.make_plan(real_model(make_params, "train.max_steps=2000"))
     heading, rows, _ = offer_rows(plan.render_table(result, top=2))
-    gpus = {row[1] for row in rows}
-    assert len(gpus) == 2 and len(rows) > len(gpus)
-    assert all(row[2] in ("aws", "runpod") for row in rows)
+    machines = {row[1] for row in rows}
+    assert len(machines) == 2 and len(rows) > len(machines)
+    assert all(row[3] in ("aws", "runpod") for row in rows)
     fitting = len(result["candidates"])
-    assert heading == (f"{len(rows)} spot offers on the 2 cheapest GPUs (--top {fitting} shows all {fitting}), "
-                       "one row per GPU and cloud, by dollars per run:")
-    # Every spot offer of those two GPUs is a row, cheapest first.
-    expected = [o for o in result["ranked"] if o["spot"] and o["gpu"] in gpus]
-    assert [(row[1], row[2]) for row in rows] == [(o["gpu"], o["cloud"]) for o in expected]
+    assert heading == (f"{len(rows)} spot offers on the 2 cheapest machines (--top {fitting} shows all {fitting}), "
+                       "one row per machine and cloud, by dollars per run:")
+    # Every spot offer of those two machines is a row, cheapest first.
+    expected = [o for o in result["ranked"] if o["spot"] and o["machine"] in machines]
+    assert [(row[1], row[3]) for row in rows] == [(o["machine"], o["cloud"]) for o in expected]
     heading, rows, _ = offer_rows(plan.render_table(result, top=1))
     assert len({row[1] for row in rows}) == 1 and heading.startswith(f"{len(rows)} spot offer")
-    assert f" on the cheapest GPU (--top {fitting} shows all {fitting})," in heading
+    assert f" on the cheapest machine (--top {fitting} shows all {fitting})," in heading
 
 
 def test_the_table_says_the_hours_include_setup(make_params, catalog):
@@ -439,8 +462,9 @@ def test_the_table_says_the_hours_include_setup(make_params, catalog):
     _, rows, after = offer_rows(plan.render_table(result))
     assert after == (f"  hours include ~{minutes:.0f} min of setup per run (VM start, install, model download), "
                      "billed but not training")
-    entry = next(g for g in result["gpus"] if g["gpu"] == rows[0][1])
-    assert entry["hours"] == pytest.approx(entry["compute_hours"] + minutes / 60, abs=1e-3)  # the rows' hours hold it
+    entry = next(o for o in result["ranked"] if o["machine"] == rows[0][1])
+    assert entry["hours"] == pytest.approx(entry["compute_hours"] + entry["communication_hours"] + minutes / 60,
+                                           abs=1e-3)  # the rows' hours hold it
 
 
 def test_many_epochs_over_a_small_dataset_are_warned_with_the_levers(make_params, capsys):
@@ -481,11 +505,11 @@ def test_plot_draws_one_point_per_offer_with_the_cheapest_and_fastest(make_param
     path = tmp_path / "plots" / "offers.png"
     plotted = plan.plot_offers(result, path)
     assert plotted["drawn"] == len(plotted["points"]) == len(result["ranked"]) > 4  # spot and on-demand, every cloud
-    assert {(p["gpu"], p["cloud"], p["spot"]) for p in plotted["points"]} == {
-        (o["gpu"], o["cloud"], o["spot"]) for o in result["ranked"]}
+    assert {(p["machine"], p["cloud"], p["spot"]) for p in plotted["points"]} == {
+        (o["machine"], o["cloud"], o["spot"]) for o in result["ranked"]}
     assert plotted["cheapest"]["usd_per_run"] == result["ranked"][0]["usd_per_run"]
     fastest = min(o["hours"] for o in result["ranked"])
-    assert plotted["fastest"]["hours"] == fastest and plotted["fastest"]["gpu"] == "H100"
+    assert plotted["fastest"]["hours"] == fastest and plotted["fastest"]["machine"] == "4x L40S"  # 4 x 362 TFLOP/s
     assert path.stat().st_size > 0
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
@@ -520,7 +544,7 @@ def test_check_budget_refuses_with_the_numbers(make_params, catalog):
     message = str(refused.value)
     assert f"{plan._usd(cheapest['usd_per_run'])} per run" in message
     assert "budget.max_run_usd=$0.050" in message
-    assert f"{cheapest['gpu']} spot on {cheapest['cloud']}" in message
+    assert f"{cheapest['machine']} spot on {cheapest['cloud']}" in message
     # `launch` calls it with the params alone; a generous budget passes and returns the cost.
     generous = real_model(make_params, "train.max_steps=2000", "budget.max_run_usd=100")
     assert plan.check_budget(generous) == pytest.approx(cheapest["usd_per_run"])

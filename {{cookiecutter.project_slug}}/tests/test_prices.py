@@ -69,6 +69,25 @@ def test_snapshot_is_dated_consistent_and_known_to_the_planner():
     assert wanted <= {o.accelerator for o in offers}
 
 
+def test_offers_are_machines_with_their_host_and_every_gpu_count(tmp_path):
+    # SkyPilot's vCPUs and MemoryGiB columns come along; a 4-GPU row is an offer of its own.
+    write_catalog(tmp_path, "aws", [*AWS_ROWS, "g6e.12xlarge,L40S,4.0,48.0,384.0,,10.49,3.90,us-east-1,us-east-1a"])
+    offers = prices.catalog_offers(["aws"], {"SKY_RUNTIME_DIR": str(tmp_path)})
+    four = next(o for o in offers if o.count == 4)
+    assert (four.accelerator, four.vcpus, four.memory_gib, four.interconnect) == ("L40S", 48.0, 384.0, None)
+    assert offers[0].memory_gib == 16.0 and offers[0].vcpus == 4.0
+    # The snapshot: 2, 4 and 8 of the consumer cards and of the A100 / H100 class, with host RAM
+    # and how their GPUs are linked.
+    snapshot = prices.snapshot_offers()
+    for gpu in ("RTX4090", "L40S", "A100-80GB", "H100"):
+        assert {2, 4, 8} <= {o.count for o in snapshot if o.accelerator == gpu}, gpu
+    for offer in snapshot:
+        assert offer.memory_gib and offer.vcpus, offer
+        assert (offer.interconnect is None) == (offer.count == 1), offer
+        assert offer.interconnect in (None, "pcie", "nvlink", "nvswitch"), offer
+    assert all(o.interconnect == "pcie" for o in snapshot if o.accelerator == "RTX4090" and o.count > 1)
+
+
 # --------------------------------------------------------------- running-job price order
 
 

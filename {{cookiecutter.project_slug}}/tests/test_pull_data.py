@@ -58,6 +58,25 @@ def test_pulls_the_folder_data_path_names_from_the_overrides(vm_workdir):
     assert again.returncode == 0 and "here already" in again.stdout
 
 
+def test_a_folder_in_git_with_dvc_tracked_files_is_pulled(tmp_path):
+    # data.path: data/raw, where git has data/raw/support.jsonl.dvc and DVC has the file: a fresh
+    # checkout (a CI runner's, uploaded as the workdir) has the folder without the data.
+    project = tmp_path / "project"
+    (project / "data/raw").mkdir(parents=True)
+    shutil.copy(PARAMS, project / "params.yaml")
+    (project / "data/raw/support.jsonl").write_text('{"messages": []}\n')
+    assert run("git", "init", "-q", cwd=project).returncode == 0
+    dvc("init", "-q", cwd=project)
+    dvc("remote", "add", "-d", "store", str(tmp_path / "remote"), cwd=project)
+    dvc("add", "-q", "data/raw/support.jsonl", cwd=project)
+    dvc("push", "-q", cwd=project)
+    (project / "data/raw/support.jsonl").unlink()
+    done = run(sys.executable, str(SCRIPT), "--set", "data.path=data/raw", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert "dvc pull data/raw/support.jsonl.dvc" in done.stdout
+    assert (project / "data/raw/support.jsonl").read_text() == '{"messages": []}\n'
+
+
 def test_a_path_dvc_does_not_know_is_a_clear_error(vm_workdir):
     project, _ = vm_workdir
     done = run(sys.executable, str(SCRIPT), "--set", "data.path=data/typo.jsonl", cwd=project)

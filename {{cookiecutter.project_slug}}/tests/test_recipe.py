@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.config import ConfigError
 from {{ cookiecutter.package_name }}.evaluate import evaluate
-from {{ cookiecutter.package_name }}.merge import merge
+from {{ cookiecutter.package_name }}.export.merged import merge
 from {{ cookiecutter.package_name }}.model import flops, loading
 from {{ cookiecutter.package_name }}.model.fit import choose_micro_batch, largest_that_fits
 from {{ cookiecutter.package_name }}.train import train

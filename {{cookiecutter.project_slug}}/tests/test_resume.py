@@ -12,7 +12,9 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import mlflow
@@ -129,6 +131,65 @@ def test_sigterm_saves_a_checkpoint_and_exits_75(prepared):
     [checkpoint] = run_dir.glob("step-*")
     assert checkpoints.verify(checkpoint) is None
     assert json.loads((checkpoint / "state.json").read_text())["step"] >= 3
+
+
+class StalledHub:
+    """A Hugging Face endpoint that takes every request and answers none until released: a
+    base model whose download has begun and will take minutes (a 70B model on each restart)."""
+
+    def __init__(self):
+        self.requested, self.released, self.paths = threading.Event(), threading.Event(), []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                hub.paths.append(self.path)
+                hub.requested.set()
+                hub.released.wait(600)
+
+            do_HEAD = do_GET
+
+            def log_message(self, *_):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_sigterm_while_the_base_model_loads_exits_75_not_143(prepared):
+    """A spot notice can come before the first step, while the base loads: the loader is held
+    on a hub that has the request and does not answer (no timing race: the signal is sent once
+    the request has arrived, and the loading cannot have finished). Without the handler in place
+    before loading, SIGTERM would kill the trainer (143) and SkyPilot would count an error."""
+    params, tmp, _, _ = prepared
+    hub = StalledHub()
+    ckpt = tmp / "ckpt-loading"
+    command = train_command(params, tmp / "loading", "--set", f"checkpoint.dir={ckpt}", "--set", "model.base=stalled/llama-70b")
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp / "hf-home"),
+           "HF_HUB_ETAG_TIMEOUT": "600", "HF_HUB_DOWNLOAD_TIMEOUT": "600"}
+    process = start(command, tmp / "loading.samples", **env)
+    try:
+        assert hub.requested.wait(300), process.stderr.read() if process.poll() is not None else "no request reached the hub"
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        hub.close()
+    stderr = process.stderr.read()
+    assert code == 75, stderr[-3000:]
+    assert "interrupted: stopped by SIGTERM before the first step, while loading" in stderr
+    assert "Traceback" not in stderr
+    assert hub.paths  # it was waiting for the hub
+    assert not ckpt.exists() and not (tmp / "loading.samples").exists()  # nothing written half-way
 
 
 def test_a_corrupted_or_partial_newest_checkpoint_is_skipped(prepared, tmp_path):

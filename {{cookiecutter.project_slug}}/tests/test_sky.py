@@ -210,6 +210,8 @@ def optimized(sky_python, sky_home, tmp_path_factory) -> dict:
         "on_demand_l4": variant({"L4": 1}, spot=False),
         # Our order (A100 first) against the price order (L4 is cheaper everywhere).
         "ordered": skytask.with_ordered_candidates(variant({"L4": 1, "A100": 1}), ["A100", "L4"]),
+        # Machines of several GPUs, as `plan --write` names them: the seed's 2x RTX 4090 against 1x A100 80GB.
+        "machines": variant({"RTX4090": 2, "A100-80GB": 1}),
     }
     out = tmp_path_factory.mktemp("optimize") / "results.json"
     # No cloud credentials reach SkyPilot (with the aws extra installed it would ask AWS for
@@ -223,6 +225,80 @@ def optimized(sky_python, sky_home, tmp_path_factory) -> dict:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return {"results": json.loads(out.read_text()), "gpus": config["resources"]["accelerators"]}
+
+
+def run_optimizer(cases: dict, sky_python, sky_home, tmp_path) -> dict:
+    """The optimizer's pick for each task config, against the fixture catalogs (written by `optimized`)."""
+    out = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_", "CLOUDSDK_", "AZURE_"))}
+    env.update(sky_home, AWS_EC2_METADATA_DISABLED="true")
+    done = subprocess.run([str(sky_python), "-c", _OPTIMIZE], input=json.dumps({"clouds": CLOUDS, "cases": cases, "out": str(out)}),
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_optimizer_prices_machines_of_several_gpus(optimized):
+    result = optimized["results"]["machines"]
+    assert picked(result) == cheapest({"RTX4090": 2, "A100-80GB": 1}, spot=True) == ("runpod", "RTX4090")
+    assert result["gpus"] == {"RTX4090": 2} and result["hourly"] == pytest.approx(2 * 0.34)
+
+
+def test_what_plan_writes_for_several_gpus_skypilot_accepts(optimized, sky_python, sky_home, make_params, tmp_path,
+                                                            monkeypatch):
+    """70B QLoRA: `plan --write` names machines of several GPUs, the FSDP config and one node;
+    SkyPilot's parser reads them, and its optimizer picks one of them."""
+    from {{ cookiecutter.package_name }}.compute import plan
+
+    monkeypatch.setenv("SKY_RUNTIME_DIR", str(tmp_path / "no-sky"))  # plan from the bundled snapshot
+    params = make_params("model.base=meta-llama/Llama-3.1-70B", "model.method=qlora", "model.dtype=auto",
+                         "data.max_length=1024", "train.micro_batch=auto", "train.global_batch=16",
+                         "train.gradient_checkpointing=auto", "compute.clouds=[]")
+    task = tmp_path / "train.yaml"
+    task.write_text(TRAIN_TASK.read_text())
+    written = plan.write_sky_candidates(plan.make_plan(params), task, top=4)
+    assert written["accelerate_config"] == "configs/accelerate/fsdp.yaml" and written["num_nodes"] == 1
+    assert any(count > 1 for count in written["accelerators"].values())
+    config = yaml.safe_load(task.read_text())
+    assert config["resources"]["accelerators"] == written["accelerators"]
+    assert config["envs"]["ACCELERATE_CONFIG"] == written["accelerate_config"] and config["num_nodes"] == 1
+    # Two machines of 8 H100: num_nodes 2.
+    two = {"machine": "2 nodes x 8x H100", "gpu": "H100", "gpus": 8, "nodes": 2, "spot": True, "strategy": "fsdp",
+           "accelerate_config": "configs/accelerate/fsdp.yaml"}
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text(TRAIN_TASK.read_text())
+    assert plan.write_sky_candidates({"cheapest": two, "ranked": [two], "candidates": [two["machine"]]}, nodes)["num_nodes"] == 2
+    assert skytask.verify([task, nodes], sky_python, env=sky_home) == []
+    parsed = skytask.skypilot_check([task, nodes], sky_python, env=sky_home)
+    assert parsed[str(nodes.resolve())]["num_nodes"] == 2
+    assert len(parsed[str(task.resolve())]["candidates"]) == len(written["accelerators"]) * len(config["resources"]["any_of"])
+    results = run_optimizer({"written": task_for_fixture_clouds(config)}, sky_python, sky_home, tmp_path)
+    assert picked(results["written"]) == cheapest(written["accelerators"], spot=True)
+    gpu = picked(results["written"])[1]
+    assert results["written"]["gpus"] == {gpu: written["accelerators"][gpu]}
+
+
+def test_the_train_task_joins_several_machines_into_one_job(tmp_path, monkeypatch):
+    """num_nodes above 1 (what `plan --write` sets for a multi-node plan): train.yaml's run section
+    starts accelerate on every machine with the rendezvous SkyPilot's variables describe, and only
+    the first machine evaluates (run here with stand-in commands, as tests/test_launch.py does)."""
+    from test_launch import PACKAGE, run_section
+
+    for key in ("PR_NUMBER", "GITHUB_REF", "GITHUB_HEAD_REF", "GITHUB_REF_NAME", "GITHUB_SHA", "HF_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(PROJECT)
+    node = {"SKYPILOT_NUM_NODES": "2", "SKYPILOT_NUM_GPUS_PER_NODE": "8", "SKYPILOT_NODE_IPS": "10.0.0.7\n10.0.0.9",
+            "ACCELERATE_CONFIG": "configs/accelerate/fsdp.yaml"}
+    code, commands = run_section(TRAIN_TASK, tmp_path, SKYPILOT_NODE_RANK="1", **node)
+    assert code == 0 and [c[0] for c in commands] == [PACKAGE, "accelerate"]  # a worker does not evaluate
+    flags = dict(zip(commands[1][2:14:2], commands[1][3:14:2], strict=True))
+    assert flags == {
+        "--config_file": "configs/accelerate/fsdp.yaml", "--num_machines": "2", "--machine_rank": "1",
+        "--num_processes": "16", "--main_process_ip": "10.0.0.7", "--main_process_port": "29500",
+    }
+    assert commands[1][14:17] == ["-m", PACKAGE, "train"]
+    code, commands = run_section(TRAIN_TASK, tmp_path, SKYPILOT_NODE_RANK="0", **node)
+    assert code == 0 and [c[:2] for c in commands] == [[PACKAGE, "prepare"], [PACKAGE, "evaluate"]]  # trained already
 
 
 def test_fixture_prices_every_gpu_the_task_lists():

@@ -48,7 +48,7 @@ def one_line_estimate(plan: dict) -> str:
     if not best:
         return "no GPU offer fits this run"
     kind = "spot" if best["spot"] else "on-demand"
-    return (f"{usd(best['usd_per_run'])} per run on {best['gpu']} ({kind}, {best['cloud']}), "
+    return (f"{usd(best['usd_per_run'])} per run on {best.get('machine', best['gpu'])} ({kind}, {best['cloud']}), "
             f"{best['hours']:.2f} h; budget {usd(budget['max_run_usd'])}")
 
 
@@ -65,7 +65,7 @@ def render_summary(plan: dict, top: int, over: bool) -> str:
         lines += ["| # | GPU | cloud | spot | $/hour | hours | $/run | micro-batch |", "|---|---|---|---|---|---|---|---|"]
         for offer in ranked[:top]:
             lines.append(
-                f"| {offer['rank']} | {ghactions.cell(offer['gpu'])} | {ghactions.cell(offer['cloud'])} | "
+                f"| {offer['rank']} | {ghactions.cell(offer.get('machine', offer['gpu']))} | {ghactions.cell(offer['cloud'])} | "
                 f"{'yes' if offer['spot'] else 'no'} | {usd(offer['usd_per_hour'])} | {offer['hours']:.2f} | "
                 f"{usd(offer['usd_per_run'])} | {offer.get('micro_batch', '-')} |"
             )

@@ -1,4 +1,4 @@
-"""Command line: `{{ cookiecutter.package_name }} prepare | train | evaluate | merge | chat | report | smoke | ...`.
+"""Command line: `{{ cookiecutter.package_name }} prepare | train | evaluate | export | merge | chat | report | smoke | ...`.
 
 Exit codes (documented in the README; SkyPilot recovery and retry loops act on them):
   0   success
@@ -110,9 +110,15 @@ def cmd_evaluate(params: Params) -> None:
 
 
 def cmd_merge(params: Params, args) -> None:
-    from .merge import merge
+    from .export.merged import merge
 
     merge(params, args.out or f"{params.train.output_dir}/merged", args.dtype)
+
+
+def cmd_export(params: Params, args) -> None:
+    from .export.stage import export
+
+    export(params, args.target)
 
 
 def cmd_chat(params: Params, args) -> int:
@@ -164,7 +170,8 @@ COMMANDS = {
     "prepare": (cmd_prepare, "validate, tokenize and pack the dataset (DVC stage 'prepare')"),
     "train": (cmd_train, "train the adapter, logging to MLflow (DVC stage 'train')"),
     "evaluate": (cmd_evaluate, "loss, token accuracy and scored answers, compared with main's run -> metrics.json (DVC stage 'evaluate')"),
-    "merge": (cmd_merge, "merge the adapter into the base model (16-bit) -> a standard model directory"),
+    "export": (cmd_export, "ship the trained model: the adapter for vLLM, a merged model, GGUF for llama.cpp, an Ollama Modelfile"),
+    "merge": (cmd_merge, "merge the adapter into the base model (16-bit) -> a standard model directory (= export --target merged)"),
     "chat": (cmd_chat, "talk to the trained model (base + adapter, or --model DIR): a prompt loop, or --prompt TEXT once"),
     "smoke": (cmd_smoke, "prepare + train + evaluate on the tiny model, on CPU, in about a minute"),
     "tracking-sync": (cmd_tracking_sync, "send MLflow updates kept on disk while the server was unreachable"),
@@ -193,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--show", type=int, metavar="N",
                 help="print N examples as rendered for the model (taken in turn from each file, evenly spaced, each with its file:line), the trained part marked; write nothing",
             )
+        if name == "export":
+            sub.add_argument("--target", action="append", choices=["vllm", "merged", "gguf", "ollama"],
+                             help="what to write (repeatable; default: export.targets in params.yaml)")
         if name == "merge":
             sub.add_argument("--out", help="output directory (default: <train.output_dir>/merged)")
             sub.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -264,6 +274,8 @@ def run_command(argv: list[str] | None) -> int:
         params = resolve_params(args)
         if args.command == "merge":
             cmd_merge(params, args)
+        elif args.command == "export":
+            cmd_export(params, args)
         elif args.command == "chat":
             return cmd_chat(params, args)
         elif args.command == "train":

@@ -55,6 +55,9 @@ class ModelParams(_Section):
     method: Literal["lora", "qlora", "dora"] = "qlora"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "flash_attention_2", "varlen", "flex_attention", "sdpa", "eager"] = "auto"
+    # An adapter to start from (a folder with adapter_model.safetensors, e.g. an SFT run's outputs/adapter):
+    # the policy starts from it and, for a preference objective, it is the frozen reference.
+    init_adapter: str | None = None
 
 
 class LoraParams(_Section):
@@ -67,7 +70,7 @@ class LoraParams(_Section):
 class DataParams(_Section):
     path: str = "data/raw/support.jsonl"
     # auto = detected from each file's first record; see data/shapes.py for each shape
-    format: Literal["auto", "chat", "sharegpt", "instruction", "completion", "text"] = "auto"
+    format: Literal["auto", "chat", "sharegpt", "instruction", "completion", "text", "preference", "implicit_preference"] = "auto"
     train_on: Literal["assistant", "all"] = "assistant"  # which tokens carry the loss
     max_length: int = Field(1024, ge=16)
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -94,6 +97,13 @@ class TrainParams(_Section):
     seed: int = 42
     log_every_steps: int = Field(10, gt=0)
     output_dir: str = "outputs"
+    # What a step optimises (train/objectives/): sft = next-token loss on the answers; dpo = a pair loss
+    # on chosen/rejected answers (preference data), preference_loss says which.
+    objective: Literal["sft", "dpo"] = "sft"
+    preference_loss: Literal["sigmoid", "ipo", "simpo", "orpo"] = "sigmoid"
+    beta: float = Field(0.1, gt=0)  # sigmoid/ipo: the KL strength; simpo: the reward scale; orpo: the odds-ratio weight
+    simpo_gamma: float = Field(0.5, ge=0)  # simpo: the target reward margin
+    precompute_reference: bool = False  # reference log-probs computed once and stored (always so with model.init_adapter)
 
     @model_validator(mode="after")
     def _global_batch_divides(self) -> TrainParams:
@@ -151,18 +161,35 @@ class TrackingParams(_Section):
 class ComputeParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     peak_tflops: float | None = Field(None, gt=0)  # for MFU; None = look the GPU up in a table
+    # On a CPU, the RAM a training step may take (micro_batch / gradient_checkpointing auto); auto = what is free
+    host_ram_gib: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     clouds: list[str] = Field(default_factory=list)
     spot: bool = True
+    # `launch` (SkyPilot): after this many recoveries of the spot job, the rest on on-demand; None = never
+    max_preemptions: int | None = Field(None, ge=0)
+    # ...or after this many minutes in a row waiting for spot capacity; None = wait as long as SkyPilot does
+    max_spot_wait_minutes: float | None = Field(None, gt=0)
 
 
 class BudgetParams(_Section):
     max_run_usd: float = Field(20, gt=0)
     max_sweep_usd: float = Field(100, gt=0)  # all variants of one `sweep` together
+    deadline_hours: float | None = Field(None, gt=0)  # `plan`: the cheapest offer that finishes in time
 
 
 class CostParams(_Section):
     hourly_usd: float | None = Field(None, ge=0)  # explicit price of the machine; None = look it up
     electricity_usd_per_kwh: float | None = Field(None, ge=0)  # own GPU: price its measured power draw
+
+
+class ExportParams(_Section):
+    # What `export` writes when no --target is given (see export/): the adapter for vLLM, the merged
+    # 16-bit model, GGUF files for llama.cpp, a Modelfile for Ollama (next to the GGUF).
+    targets: list[Literal["vllm", "merged", "gguf", "ollama"]] = Field(default_factory=lambda: ["vllm", "merged"])
+    merged_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    gguf_types: list[Literal["F16", "BF16", "Q8_0"]] = Field(default_factory=lambda: ["F16"], min_length=1)
+    check_prompts: int = Field(4, ge=0)  # held-out prompts each GGUF is read back on (0: no read-back)
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # served name; None = tracking.experiment
 
 
 class Params(_Section):
@@ -176,6 +203,7 @@ class Params(_Section):
     compute: ComputeParams = Field(default_factory=ComputeParams)
     budget: BudgetParams = Field(default_factory=BudgetParams)
     cost: CostParams = Field(default_factory=CostParams)
+    export: ExportParams = Field(default_factory=ExportParams)
 
     def flat(self) -> dict[str, Any]:
         """`section.key -> value`, the form MLflow logs and `--set` accepts."""

@@ -92,6 +92,8 @@ def run_row(run) -> dict:
             row.setdefault(name, run.data.metrics[name])
     end = run.info.end_time or run.info.start_time
     row["wall_minutes"] = (end - run.info.start_time) / 60000 if run.info.start_time else None
+    # What `export` wrote for this run: export_<target>_mib, and the merged model's held-out loss change.
+    row["exports"] = {key: value for key, value in run.data.metrics.items() if key.startswith("export_")}
     return row
 
 
@@ -279,6 +281,23 @@ def legend(shown: list[dict], markdown: bool) -> list[str]:
     return lines
 
 
+def export_notes(shown: list[dict]) -> list[str]:
+    """One line per run that was exported: each file's size, and what merging did to the held-out loss."""
+    lines = []
+    for row in shown:
+        figures = row.get("exports") or {}
+        names = {key: key.removeprefix("export_").removesuffix("_mib") for key in figures if key.endswith("_mib")}
+        names = {key: f"gguf {name[5:].upper()}" if name.startswith("gguf_") else name for key, name in names.items()}
+        sizes = [f"{name} {figures[key]:,.1f} MiB" for key, name in sorted(names.items())]
+        if "export_merged_loss_change_pct" in figures:
+            sizes.append(f"merged held-out loss {figures['export_merged_loss_change_pct']:+.2f}% vs the adapter")
+        if figures.get("export_vllm_refused"):
+            sizes.append("vLLM refuses the adapter: serve the merged model")
+        if sizes:
+            lines.append(f"exports of {label(row)}: " + ", ".join(sizes))
+    return lines
+
+
 def to_markdown(report: dict) -> str:
     baseline, runs = report["baseline"], report["runs"]
     lines = quality_markdown(runs[0], baseline) if runs and baseline else []
@@ -306,7 +325,7 @@ def to_markdown(report: dict) -> str:
                 cell += f" ({change})"
             cells.append(cell)
         lines.append(f"| `{row['run_name']}` | {row['id']} | " + " | ".join(cells) + " |")
-    notes = legend(shown, markdown=True)
+    notes = legend(shown, markdown=True) + export_notes(shown)
     if notes:
         lines += [""] + notes
     if runs:
@@ -345,7 +364,7 @@ def to_table(report: dict) -> str:
         return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     top = quality_text(report["runs"][0], report["baseline"]) if report["runs"] and report["baseline"] else ""
-    notes = legend(shown, markdown=False)
+    notes = legend(shown, markdown=False) + export_notes(shown)
     return (top + "\n".join([render(names), render(["-" * w for w in widths]), *map(render, rows)]) + "\n"
             + "".join(f"{note}\n" for note in notes))
 

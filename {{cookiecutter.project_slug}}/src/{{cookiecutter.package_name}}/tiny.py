@@ -28,6 +28,9 @@ def corpus(data_path: str | Path):
         elif example["kind"] == "completion":
             yield example["prompt"]
             yield example["completion"]
+        elif example["kind"] == "pair":
+            for part in (example["prompt"], example["chosen"], example["rejected"]):
+                yield from [part] if isinstance(part, str) else (message["content"] for message in part)
         else:
             yield example["text"]
 

@@ -39,13 +39,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..config import ConfigError, load_params, multi_gpu_problem, yaml_error
-from . import skytask
+from . import skytask, spot_fallback
 
 DEFAULT_TASK = "sky/train.yaml"
 DEFAULT_CHECKPOINT_ROOT = ".cache/checkpoints"
@@ -218,8 +219,9 @@ def check_model_reaches_the_vm(base: str, workdir: Path) -> None:
     )
 
 
-def sky_command(cli: list[str], launch: dict[str, Any]) -> list[str]:
-    command = [*cli, "jobs", "launch", "-y", "-n", launch["name"]]
+def sky_command(cli: list[str], launch: dict[str, Any], extra: list[str] = ()) -> list[str]:
+    """`sky jobs launch -y -n NAME [extra] --env ... --secret ... TASK`."""
+    command = [*cli, "jobs", "launch", "-y", "-n", launch["name"], *extra]
     for key, value in launch["env_changes"].items():
         command += ["--env", f"{key}={value}"]
     for key in launch["secrets"]:
@@ -400,6 +402,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--env", action="append", default=[], metavar="NAME=VALUE", help="set a task env (e.g. MLFLOW_TRACKING_URI)"
     )
     parser.add_argument("--name", help="job name (default: <task>-<branch or prN>-<commit>)")
+    parser.add_argument("--watch-interval", type=float, default=60, metavar="SECONDS",
+                        help="with compute.max_preemptions or max_spot_wait_minutes: seconds between `sky jobs queue` polls")
     local = parser.add_argument_group("local backend")
     local.add_argument(
         "--checkpoint-root",
@@ -428,7 +432,11 @@ def run(args) -> int:
         print(f"launch: running the run section of {launch['task_path']} here as {where}")
         return run_local(launch, env)
     check_budget(plan, launch["params"])  # before any money is spent
-    command = sky_command(skytask.find_sky_cli(), launch)
+    cli = skytask.find_sky_cli()
+    if spot_fallback.wanted(launch["params"]):  # watched, and moved to on-demand past a limit
+        launch["env_changes"]["RUN_FOLDER"] = f"{launch['name']}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        return spot_fallback.run(launch, args, plan, cli, lambda job, extra: sky_command(cli, job, extra))
+    command = sky_command(cli, launch)
     print(f"launch: {shlex.join(command)}", flush=True)
     return subprocess.run(command).returncode
 

@@ -6,7 +6,8 @@ What it does
        (default `~/.sky/...`): the prices SkyPilot's optimizer itself uses. SkyPilot
        downloads them on first use (`sky show-gpus`, `sky launch`);
     2. the bundled snapshot `price_snapshot.csv`: hand-entered planning figures with a
-       date, NOT live prices (spot prices move by the hour);
+       date, NOT live prices (spot prices move by the hour), for machines of 1, 2, 4 and 8
+       GPUs with their vCPUs, host RAM and interconnect;
     3. `cost.hourly_usd` from params.yaml, applied to every GPU (the plan then only
        compares speed).
 - `resolve_hourly_price`: the price of the machine a RUNNING job is on: an explicit
@@ -58,6 +59,11 @@ class Offer:
     price: float | None  # USD per hour, on-demand
     spot_price: float | None  # USD per hour, spot / interruptible
     source: str
+    # The machine around the GPUs (SkyPilot's vCPUs and MemoryGiB columns; None: not listed) and
+    # how its GPUs talk to each other (the snapshot's Interconnect column; None: inferred by plan).
+    vcpus: float | None = None
+    memory_gib: float | None = None
+    interconnect: str | None = None
 
     def hourly(self, spot: bool) -> float | None:
         return self.spot_price if spot else self.price
@@ -85,6 +91,15 @@ def _price(text: str | None) -> float | None:
     return value
 
 
+def _amount(text: str | None) -> float | None:
+    """A vCPUs or MemoryGiB cell: a positive number, else None (not listed)."""
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and value == value and value > 0 else None
+
+
 def _count(text: str | None) -> int:
     try:
         return int(float(text or 0))
@@ -94,6 +109,7 @@ def _count(text: str | None) -> int:
 
 def read_offers_csv(lines, source: str, cloud: str | None = None) -> list[Offer]:
     """Offers from SkyPilot-format rows; rows without an accelerator are CPU machines, skipped.
+    Every GPU count is an offer (1x, 2x, 4x, 8x machines): the planner decides how to use them.
 
     `cloud` names the cloud for a per-cloud catalog file; the snapshot has a Cloud column.
     Lines starting with '#' are comments (the snapshot's header).
@@ -114,6 +130,9 @@ def read_offers_csv(lines, source: str, cloud: str | None = None) -> list[Offer]
             price=_price(row.get("Price")),
             spot_price=_price(row.get("SpotPrice")),
             source=source,
+            vcpus=_amount(row.get("vCPUs")),
+            memory_gib=_amount(row.get("MemoryGiB")),
+            interconnect=(row.get("Interconnect") or "").strip().lower() or None,
         )
         if offer.price is not None or offer.spot_price is not None:
             offers.append(offer)

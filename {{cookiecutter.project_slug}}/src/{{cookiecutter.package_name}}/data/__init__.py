@@ -4,6 +4,8 @@ The `prepare` stage, one job per module:
   errors    DataError, the one exception users see (`file:line: what`)
   readers   reading files (JSONL, JSON array, CSV, Parquet, folders, datasets) record by record
   shapes    detecting, checking and normalising each record's shape (chat, sharegpt, ...)
+  preference  the preference shapes (prompt/chosen/rejected, implicit prompt) and each pair rendered
+  pairs     `prepare` for preference data: pairs packed side by side into the same row files
   chat      one render and one tokenization per example; trained tokens from character spans
   show      `prepare --show N`: rendered examples with the trained text marked
   packing   best-fit packing of examples into fixed-length rows, planned on lengths alone

@@ -33,6 +33,7 @@ from ..atomic import atomic_dir
 from .chat import IGNORE, encode, ensure_chat_template
 from .errors import DataError
 from .packing import build_rows, packing_stats, plan_rows
+from .pairs import is_pairs, prepare_pairs
 from .shapes import Examples, Part, read_examples
 from .store import RowWriter, TokenStore, load_rows
 
@@ -288,6 +289,8 @@ def prepare(params, tokenizer=None, log=print) -> dict:
         tokenizer = load_tokenizer(params.model.base)
     if cfg.format != "text":
         ensure_chat_template(tokenizer)
+    if is_pairs(shapes):  # preference data: chosen and rejected side by side (pairs.py)
+        return prepare_pairs(params, examples, tokenizer, shapes, log)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     with atomic_dir(cfg.prepared_dir) as tmp:

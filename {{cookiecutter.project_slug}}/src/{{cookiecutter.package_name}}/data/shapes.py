@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import readers
+from . import preference, readers
 from .errors import DataError, json_problem
 
-FORMATS = ("auto", "chat", "sharegpt", "instruction", "completion", "text")
+FORMATS = ("auto", "chat", "sharegpt", "instruction", "completion", "text", *preference.SHAPES)
 ROLES = ("system", "user", "assistant", "tool")
 # Other names of the four roles: OpenAI's newer name for the system prompt, and its legacy
 # function-calling role.
@@ -49,6 +49,8 @@ SIGNATURES = {
     "completion": '{"prompt", "completion"}',
     "instruction": '{"instruction", "output"}',
     "text": '{"text"}',
+    "preference": '{"prompt", "chosen", "rejected"}',
+    "implicit_preference": '{"chosen", "rejected"}',
 }
 # Message keys passed on as they are, when they are strings: a tool message's call id and
 # function name, a participant's name, the reasoning some templates render.
@@ -67,6 +69,8 @@ def detect(record: object) -> str | None:
         return "chat"
     if "conversations" in record:
         return "sharegpt"
+    if pair := preference.detect(record):  # preference data (preference.py)
+        return pair
     if "prompt" in record and "completion" in record:
         return "completion"
     if "instruction" in record and "output" in record:
@@ -309,6 +313,8 @@ def _text(record: dict) -> dict:
 
 
 _NORMALISERS = {"chat": _chat, "sharegpt": _sharegpt, "instruction": _instruction, "completion": _completion, "text": _text}
+# The preference shapes live in preference.py, built on this module's message and tool checks.
+_NORMALISERS.update(preference.normalisers(lambda m, at: _message(m, at), lambda t: _tools(t), _Bad))
 
 
 # --- the parts of a conversation ----------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .chat import IGNORE, Encoded, encode_example, template_notes
 from .errors import DataError
+from .preference import encode_pair
 from .readers import Source
 from .shapes import detect, normalise, read_examples
 
@@ -119,17 +120,34 @@ def show_examples(params, n: int, color: bool, tokenizer=None, out=print) -> Non
         tokenizer = load_tokenizer(params.model.base)
     source = params.model.base
     legend = "trained text in bold green" if color else f"trained text between {PLAIN_OPEN} and {PLAIN_CLOSE}"
-    notes = template_notes(tokenizer, source) if any(e["kind"] == "chat" for _, e in examples) else ""
+    notes = template_notes(tokenizer, source) if any(e["kind"] == "chat" or e["kind"] == "pair" and not isinstance(e["prompt"], str)
+                                                     for _, e in examples) else ""
     how = f" (taken in turn from its {files} files, evenly spaced through each)" if files > 1 else " (evenly spaced through it)"
     how = how if len(examples) < total else ""
     out(f"{len(examples)} of {total} examples of {cfg.path}{how}, tokenized for {source} (train_on: {cfg.train_on}); {legend}")
     if notes:
         out(notes)
     for where, example in examples:
+        if example["kind"] == "pair":
+            show_pair(tokenizer, where, example, source, color, out)
+            continue
         try:
             encoded = encode_example(tokenizer, example, cfg.train_on, template_source=source)
         except DataError as err:
             raise DataError(f"{where}: {err}") from None
         trained = sum(label != IGNORE for label in encoded.labels)
         out(f"\n--- {where}: {len(encoded.ids)} tokens, {trained} trained ---")
+        out(marked(encoded, color))
+
+
+def show_pair(tokenizer, where: str, pair: dict, source: str, color: bool, out=print) -> None:
+    """A preference pair: each side rendered whole, its trained answer marked; the prompt tokens are the same."""
+    try:
+        both = encode_pair(tokenizer, pair, template_source=source)
+    except DataError as err:
+        raise DataError(f"{where}: {err}") from None
+    out(f"\n--- {where}: a pair, {both.prompt_tokens} prompt tokens shared ---")
+    for side, encoded in (("chosen", both.chosen), ("rejected", both.rejected)):
+        trained = sum(label != IGNORE for label in encoded.labels)
+        out(f"  [{side}: {len(encoded.ids)} tokens, {trained} trained]")
         out(marked(encoded, color))

@@ -7,6 +7,7 @@
   offload    checkpointed layers' inputs kept in host RAM; the MLP over slices of a long row
   fit        the micro-batch, checkpointed layers and offloading that fit (probed on the GPU)
   flops      FLOPs per token and MFU (the LoRA convention); the GPUs' bf16 peaks
+  preference_cost  what a preference step adds to a supervised one (the reference forward, the logits)
 
 Imports: the config only. Everything else in the package may use this one; it uses none of them.
 """

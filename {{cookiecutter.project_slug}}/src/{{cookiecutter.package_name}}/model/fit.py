@@ -37,12 +37,15 @@ class Fit(NamedTuple):
     offloaded: bool = False  # checkpointed layers keep their inputs in host RAM (offload.py)
 
 
-def choose_micro_batch(model, rows, params, per_process: int, device: torch.device, sharded: bool) -> Fit:
+def choose_micro_batch(model, rows, params, per_process: int, device: torch.device, sharded: bool,
+                       cpu_choice=None) -> Fit:
     """Micro-batch, gradient-checkpointed layers and host offloading for this run.
 
     What is set is used as given. On a GPU, `auto` micro-batch or checkpointing probes what
-    fits (`largest_that_fits`). On a CPU, `auto` means min(4, per process) rows and no
-    checkpointing. Under FSDP (`sharded`) the model only fits once it is sharded, and a probe
+    fits (`largest_that_fits`). On a CPU a step that does not fit is no error but swapping or
+    the kernel's OOM killer, so nothing is probed: `cpu_choice(candidates, checkpointing)`
+    estimates it against the free RAM (train/host_fit.py); without it, `auto` means
+    min(4, per process) rows and no checkpointing. Under FSDP (`sharded`) the model only fits once it is sharded, and a probe
     there would run collectives that an out-of-memory error on one GPU could leave hanging:
     `auto` means 1 row and no checkpointing. `offload_activations: true` checkpoints every
     layer and offloads; `auto` offloads only when the probe finds nothing else fits.
@@ -61,6 +64,10 @@ def choose_micro_batch(model, rows, params, per_process: int, device: torch.devi
     if sharded:
         return Fit(candidates[-1], checkpointed, offloaded)
     if device.type != "cuda":
+        if cpu_choice is not None and "auto" in (wanted, checkpointing):
+            fit = cpu_choice(candidates, checkpointing)
+            loading.checkpoint_layers(model, fit.checkpointed)
+            return fit._replace(offloaded=offloaded)
         return Fit(next(m for m in candidates if m <= 4) if wanted == "auto" else wanted, checkpointed, offloaded)
     if wanted != "auto" and checkpointing != "auto":
         return Fit(wanted, checkpointed, offloaded)  # nothing left to choose

@@ -2,6 +2,8 @@
   recipe       `train`: setup -> start_run -> the loop -> finish, top to bottom
   session      `setup`: model + adapter, packed rows, the micro-batch that fits, optimizer, accelerate
   step         one optimizer step, and which rows it trains on (a pure function of seed and step)
+  objectives   what a step optimises, chosen once by train.objective: next-token (SFT) or a preference pair loss
+  init_adapter model.init_adapter: the policy starts from a saved adapter
   optim        the optimizer and the learning-rate schedule
   run          the bookkeeping across restarts: resume point, cost, MLflow, stop signals, checkpoint saves
   checkpoints  atomic, verified, resumable checkpoint folders; the cost of every segment

@@ -60,6 +60,7 @@ COMPATIBILITY_KEYS = (
     "data.path", "data.format", "data.train_on", "data.max_length", "data.val_fraction", "data.seed",
     "train.max_steps", "train.global_batch", "train.learning_rate", "train.lr_schedule", "train.warmup_steps",
     "train.weight_decay", "train.max_grad_norm", "train.optimizer", "train.seed",
+    "train.objective", "train.preference_loss", "train.beta", "train.simpo_gamma", "model.init_adapter",
 )
 
 

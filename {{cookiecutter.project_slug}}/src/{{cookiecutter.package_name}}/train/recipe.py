@@ -47,13 +47,22 @@ def train(params, resume: str = "auto", log=print) -> Path:
     from tqdm.auto import tqdm
 
     cfg = params.train
-    s = setup(params)
+    # Before loading: a spot notice can come while the base model loads (minutes for 70B).
+    stop = StopSignal()
+    try:
+        s = stop.interruptible(setup, params)
+    except BaseException:
+        stop.restore()
+        raise
     if not s.accelerator.is_main_process:
         log = lambda *_: None  # noqa: E731 - one process speaks for all
     run = start_run(s, resume, log)
     log(describe(s))
+    from ..export.vllm import planned_warning
 
-    stop = StopSignal()
+    if warning := planned_warning(params):  # before the steps: the GPU time is not spent yet
+        log(f"warning: {warning}")
+
     progress = tqdm(total=cfg.max_steps, initial=run.start_step, desc="train", unit="step", disable=not s.accelerator.is_main_process)
     status = "FAILED"
     try:

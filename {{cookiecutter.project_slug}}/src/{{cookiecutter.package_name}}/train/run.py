@@ -43,15 +43,44 @@ class BudgetExceeded(Exception):
     """The run's cost crossed budget.max_run_usd; a checkpoint was saved. Exit code 3."""
 
 
+class _StopNow(BaseException):
+    """Raised by the signal handler while the model loads. A BaseException, so that no
+    library's `except Exception` around a download or a file read can swallow it."""
+
+
 class StopSignal:
-    """Remembers a SIGTERM / SIGINT so the loop can checkpoint at the next step boundary."""
+    """A SIGTERM / SIGINT (a spot notice, Ctrl-C), from before the model loads to the last step.
+
+    While `interruptible` work runs (loading the base: minutes for a 70B model, again on every
+    restart) a signal stops it at once with Interrupted: nothing new exists to save, and a rerun
+    resumes from the newest checkpoint. Afterwards the signal is remembered, and the loop
+    checkpoints at the next step boundary."""
 
     def __init__(self):
         self.received: int | None = None
+        self._at_once = False
         self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
         self.received = signum
+        if self._at_once:
+            raise _StopNow(signum)
+
+    def interruptible(self, work, *args):
+        """work(*args), ended by a signal (also one that came before) with Interrupted."""
+        self._at_once = True
+        try:
+            try:
+                if self.received is not None:
+                    raise _StopNow(self.received)
+                return work(*args)
+            finally:  # a signal that lands in here is still caught below
+                self._at_once = False
+        except _StopNow as stop:
+            self._at_once = False
+            name = signal.Signals(stop.args[0]).name
+            raise Interrupted(f"stopped by {name} before the first step, while loading; nothing new to save "
+                              "(rerun to resume from the newest checkpoint)") from None
 
     def restore(self):
         for sig, handler in self.previous.items():
@@ -113,6 +142,8 @@ class Run:
         s = self.s
         loss = s.accelerator.reduce(result.loss, "sum").item()
         tokens = s.accelerator.reduce(torch.tensor(self.window_tokens, device=s.device), "sum").item()
+        # The objective's own metrics (a preference run's rewards, margin, accuracy): shares of the step's means.
+        objective_metrics = {name: s.accelerator.reduce(share, "sum").item() for name, share in result.metrics.items()}
         tokens_per_second = tokens / max(1e-9, time.perf_counter() - self.window_start)
         self.window_tokens, self.window_start = 0, time.perf_counter()
         if not math.isfinite(loss):
@@ -125,6 +156,7 @@ class Run:
                 "learning_rate": s.scheduler.get_last_lr()[0],
                 "grad_norm": float(result.grad_norm),
                 "tokens_per_second": tokens_per_second,
+                **objective_metrics,
                 **self.meter.metrics(self.tokens_seen),  # cost_usd only when the price is known
             }
             if self.peak_flops:

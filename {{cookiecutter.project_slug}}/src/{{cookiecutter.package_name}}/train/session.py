@@ -19,6 +19,9 @@ from .. import data
 from ..config import ConfigError, multi_gpu_problem
 from ..model import attention, flops, loading, loss
 from ..model.fit import agree_on_micro_batch, choose_micro_batch
+from . import host_fit, objectives
+from .init_adapter import load_init_adapter
+from .objectives import reference
 from .optim import learning_rate_schedule, make_optimizer
 
 
@@ -47,6 +50,7 @@ class Session:
     trainable: int
     total: int
     summary: dict | None  # prepared data's summary.json (None for the benchmark's rows)
+    objective: object = None  # what a step optimises (objectives/): chosen once, here
 
     @property
     def world(self) -> int:
@@ -73,6 +77,22 @@ def check_distributed_type(accelerator, params) -> bool:
     if problem:
         raise ConfigError(problem)
     return accelerator.distributed_type == DistributedType.FSDP
+
+
+def cpu_choice(config, params, dtype: torch.dtype):
+    """On a CPU: the micro-batch and checkpointing whose estimated step fits compute.host_ram_gib,
+    or (auto) the RAM available now, with the model loaded (host_fit.py)."""
+    ram = params.compute.host_ram_gib
+    available = host_fit.available_ram() if ram == "auto" else ram * host_fit.GIB
+
+    def choose(candidates: list[int], checkpointing):
+        fit, need = host_fit.choose_cpu_fit(config, params, candidates, checkpointing, dtype.itemsize, available)
+        print(f"on the CPU: {fit.micro_batch} rows per micro-batch, gradient checkpointing on {fit.checkpointed} layers; "
+              f"a step needs about {need / host_fit.GIB:.2f} GiB of the {available / host_fit.GIB:.1f} GiB "
+              f"{'free' if ram == 'auto' else 'of compute.host_ram_gib'}; the process held {host_fit.process_ram() / host_fit.GIB:.2f} GiB")
+        return fit
+
+    return choose
 
 
 def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | None = None) -> Session:
@@ -109,6 +129,7 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
     loss_kind = "fused" if liger else "chunked" if cfg.chunked_loss and loss.use_chunked_loss(base) else "transformers"
     n_matmul = flops.matmul_parameters(base)
     model = loading.add_adapter(base, params)
+    init_weights = load_init_adapter(model, params.model.init_adapter, params) if params.model.init_adapter else None
     trainable, total = loading.count_parameters(model)
     summary = None
     if rows is None:
@@ -116,7 +137,7 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
         summary = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())
         mean_context = summary["train"]["mean_context"]
     per_process = cfg.global_batch // accelerator.num_processes
-    fit = choose_micro_batch(model, rows, params, per_process, device, sharded)
+    fit = choose_micro_batch(model, rows, params, per_process, device, sharded, cpu_choice=cpu_choice(base.config, params, dtype))
     if accelerator.num_processes > 1 and "auto" in (cfg.micro_batch, cfg.gradient_checkpointing):
         fit = agree_on_micro_batch(fit, model, device)
     micro_batch, checkpointed = fit.micro_batch, fit.checkpointed
@@ -130,10 +151,18 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
     if cfg.compile and not loading.compile_decoder_layers(accelerator.unwrap_model(model)):
         raise ConfigError(f"train.compile=true: no decoder layers to compile were found in model type {base.config.model_type!r}")
     config = base.config
+
+    def reference_source():  # computed (or read back) before the first step, from the weights as they start
+        key = reference.reference_key(params, summary or {}, config.to_dict(), getattr(tokenizer, "chat_template", None),
+                                      reference.file_sha256(init_weights) if init_weights else None)
+        return reference.load_or_compute(model, accelerator.unwrap_model(model), rows, params, key, micro_batch, device,
+                                         attention.takes_sequence_boundaries(config), accelerator.is_main_process)
+
+    objective = objectives.build(params, summary, accelerator.unwrap_model, reference_source)
     return Session(
         params=params, accelerator=accelerator, model=model, base_config=config, tokenizer=tokenizer,
         optimizer=optimizer, scheduler=scheduler, rows=rows, micro_batch=micro_batch,
         accumulation=per_process // micro_batch, checkpointed_layers=checkpointed, offloaded=fit.offloaded, loss=loss_kind, sharded=sharded, liger=liger, compiled=cfg.compile, dtype=dtype,
         token_flops=flops.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, mean_context or 0.0),
-        trainable=trainable, total=total, summary=summary,
+        trainable=trainable, total=total, summary=summary, objective=objective,
     )

@@ -17,14 +17,17 @@ from .sky_yaml import write_sky_candidates
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the `plan` subcommand to a CLI's subparsers."""
-    help_text = "estimate memory, time and dollars per run on each GPU; pick the cheapest that fits"
+    help_text = "estimate memory, time and dollars per run on each machine; pick the cheapest that fits (by a deadline)"
     sub = subparsers.add_parser("plan", help=help_text, description=help_text)
     sub.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
     sub.add_argument("--json", action="store_true", help="print the whole plan as JSON")
-    sub.add_argument("--write", action="store_true", help="write the best GPUs into the accelerators line of --sky-yaml")
+    sub.add_argument("--deadline", type=float, metavar="HOURS",
+                     help="the cheapest plan that finishes within HOURS (default: budget.deadline_hours)")
+    sub.add_argument("--write", action="store_true",
+                     help="write the best machines into --sky-yaml (accelerators, num_nodes, ACCELERATE_CONFIG)")
     sub.add_argument("--sky-yaml", default="sky/train.yaml", help="SkyPilot task to update (default: sky/train.yaml)")
-    sub.add_argument("--top", type=int, default=4, metavar="N", help="how many GPU types to show and write (default: 4)")
+    sub.add_argument("--top", type=int, default=4, metavar="N", help="how many machines to show and write (default: 4)")
     sub.add_argument("--plot", metavar="PATH.png", help="also draw dollars per run against hours, one point per offer, as a PNG")
     sub.add_argument("--owned", metavar="GPU", help=f"compare with your own card ({', '.join(GPUS)})")
     sub.add_argument("--electricity-usd-per-kwh", type=float, default=DEFAULT_USD_PER_KWH, metavar="USD")
@@ -44,10 +47,12 @@ def run(args) -> int:
     """
     if args.top < 1:
         raise ConfigError("--top must be at least 1")
+    if args.deadline is not None and not args.deadline > 0:
+        raise ConfigError(f"--deadline {args.deadline:g}: give the hours the run may take, a number above 0")
     if args.plot:
         check_plot_path(args.plot)
     params = load_params(args.params, args.set)
-    plan = make_plan(params)
+    plan = make_plan(params, deadline_hours=args.deadline)
     owned = None
     if args.owned:
         owned = compare_owned(
@@ -65,7 +70,9 @@ def run(args) -> int:
         if owned:
             print(render_owned(owned))
         if written:
-            print(f"\n{args.sky_yaml}: accelerators = {', '.join(written)}")
+            gpus = ", ".join(f"{gpu}: {count}" for gpu, count in written["accelerators"].items())
+            config = f", ACCELERATE_CONFIG = {written['accelerate_config']}" if written["accelerate_config"] else ""
+            print(f"\n{args.sky_yaml}: accelerators = " + "{" + gpus + "}" + f", num_nodes = {written['num_nodes']}{config}")
         if plotted:
             print(f"\n{plotted['path']}: dollars per run against hours, {len(plotted['points'])} offers, "
                   "the cheapest and the fastest starred")

@@ -1,13 +1,11 @@
-"""The GPU table (memory, dense bf16 peak, an expected MFU, power, street price), the memory
-a plan may use on each, and the offers for those GPUs (`prices.py`) ranked by dollars per
-RUN: a GPU that is 3x faster at 2x the hourly price is the cheaper one."""
+"""The GPU table (memory, dense bf16 peak, an expected MFU, power, street price) and the memory
+a plan may use on each."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ...model import flops
-from .. import prices
 
 SAFETY_MARGIN = 0.10  # plan to use at most 90% of a GPU: estimates err, allocators fragment
 
@@ -51,47 +49,3 @@ GPUS = {
 
 def usable_gib(gpu: GPU) -> float:
     return gpu.memory_gib * (1 - SAFETY_MARGIN)
-
-
-# ============================================================================== offers
-def rank_offers(offers: list[prices.Offer], gpus: dict[str, dict]) -> list[dict]:
-    """Dollars per run of every (GPU, cloud, spot / on-demand) offer for a GPU that fits,
-    the cheapest region of each, cheapest first."""
-    ranked = []
-    for offer in offers:
-        entry = gpus.get(offer.accelerator)
-        if entry is None or offer.count != 1 or not entry["fits"]:
-            continue  # no speed for that GPU, a multi-GPU machine (the plan is for one GPU), or too small
-        for spot in (True, False):
-            hourly = offer.hourly(spot)
-            if hourly is None:
-                continue
-            ranked.append({
-                "gpu": offer.accelerator,
-                "cloud": offer.cloud,
-                "region": offer.region,
-                "instance_type": offer.instance_type,
-                "spot": spot,
-                "usd_per_hour": hourly,
-                "hours": entry["hours"],
-                "usd_per_run": round(hourly * entry["hours"], 4),
-                "micro_batch": entry["micro_batch"],
-                "gradient_checkpointing": entry["gradient_checkpointing"],
-                "peak_gib": entry["memory"]["peak"],
-                "source": offer.source,
-            })
-    ranked = _cheapest_per_offer(ranked)
-    ranked.sort(key=lambda o: (o["usd_per_run"], o["gpu"], o["cloud"]))
-    for rank, offer in enumerate(ranked, start=1):
-        offer["rank"] = rank
-    return ranked
-
-
-def _cheapest_per_offer(ranked: list[dict]) -> list[dict]:
-    """One entry per (GPU, cloud, spot): the cheapest region / instance type."""
-    best: dict[tuple, dict] = {}
-    for offer in ranked:
-        key = (offer["gpu"], offer["cloud"], offer["spot"])
-        if key not in best or offer["usd_per_run"] < best[key]["usd_per_run"]:
-            best[key] = offer
-    return list(best.values())

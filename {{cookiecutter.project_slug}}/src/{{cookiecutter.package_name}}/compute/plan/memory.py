@@ -2,7 +2,9 @@
 double quantization for QLoRA), LoRA parameters + gradients + AdamW states, activations kept
 for backward (all layers, or one checkpoint per layer with gradient checkpointing, or those
 checkpoints in host RAM with offloading), the loss (all logits, or one chunk's), CUDA context
-and allocator overhead. The setup is given: which one fits a GPU is fit.py's question."""
+and allocator overhead; and on each of several GPUs (`per_rank_memory`: DDP keeps the whole base
+on every GPU, FSDP a 1/k shard of it plus the layers being gathered). The setup is given: which
+one fits a GPU is fit.py's question."""
 
 from __future__ import annotations
 
@@ -62,6 +64,8 @@ class MemoryEstimate:
     allocator_overhead: float
     cuda_context: float = CUDA_CONTEXT_GIB * GIB
     host_offloaded: float = 0.0  # pinned host RAM holding the layer inputs (not GPU memory)
+    # Several GPUs: DDP's gradient buckets, or FSDP's gathered layers (see per_rank_memory).
+    communication_buffers: float = 0.0
 
     @property
     def dynamic(self) -> float:
@@ -71,7 +75,8 @@ class MemoryEstimate:
     @property
     def allocator_bytes(self) -> float:
         """What PyTorch's allocator reserves: comparable to torch.cuda.max_memory_reserved()."""
-        return self.base_weights + self.adapter_and_optimizer + self.dynamic + self.allocator_overhead
+        return (self.base_weights + self.adapter_and_optimizer + self.communication_buffers + self.dynamic
+                + self.allocator_overhead)
 
     @property
     def total(self) -> float:
@@ -85,6 +90,7 @@ class MemoryEstimate:
             "activations": self.activations,
             "logits_and_loss": self.logits_and_loss,
             "backward_working_set": self.backward_working_set,
+            "communication_buffers": self.communication_buffers,
             "allocator_overhead": self.allocator_overhead,
             "cuda_context": self.cuda_context,
             "peak": self.total,
@@ -113,12 +119,24 @@ def weight_bytes(shape: ModelShape, setup: TrainSetup) -> float:
     return linear * per_linear + other * setup.dtype_bytes
 
 
-def adapter_bytes(shape: ModelShape, setup: TrainSetup) -> float:
-    """LoRA A and B (plus DoRA magnitudes), their gradients and AdamW's two moments."""
+def layer_weight_bytes(shape: ModelShape, setup: TrainSetup) -> float:
+    """One decoder layer's frozen linear weights as stored (what FSDP gathers per layer)."""
+    per_linear = NF4_BYTES_PER_PARAM if setup.method == "qlora" else setup.dtype_bytes
+    return shape.layer_linear_params * per_linear
+
+
+def adapter_parameters(shape: ModelShape, setup: TrainSetup) -> int:
+    """LoRA A and B (plus DoRA magnitudes) of every targeted layer: what is trained."""
     modules = targeted_modules(shape, setup.targets)
     params = shape.layers * sum(setup.lora_r * (d_in + d_out) for _, d_in, d_out in modules)
     if setup.method == "dora":
         params += shape.layers * sum(d_out for _, _, d_out in modules)
+    return params
+
+
+def adapter_bytes(shape: ModelShape, setup: TrainSetup) -> float:
+    """LoRA A and B (plus DoRA magnitudes), their gradients and AdamW's two moments."""
+    params = adapter_parameters(shape, setup)
     state = 2.0 if "8bit" in setup.optimizer else 2 * setup.adapter_bytes  # two moments
     return params * (setup.adapter_bytes + setup.adapter_bytes + state)
 
@@ -230,3 +248,26 @@ def estimate_memory(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
     )
     estimate.allocator_overhead = ALLOCATOR_OVERHEAD * estimate.dynamic
     return estimate
+
+
+def per_rank_memory(shape: ModelShape, setup: TrainSetup, world: int = 1, sharded: bool = False) -> MemoryEstimate:
+    """Peak memory of one of `world` GPUs training `setup` together.
+
+    Data parallel (DDP): every GPU holds what one GPU would, plus the buckets its adapter
+    gradients are all-reduced in. Sharded (FSDP, one unit per decoder layer): the frozen base,
+    the adapter and its optimizer state are split over the GPUs, and each GPU also holds, whole,
+    the layer being computed and the one fetched ahead (forward and backward), and the root
+    unit (embeddings, final norm, output layer) while it runs. Activations are per GPU either way.
+    """
+    memory = estimate_memory(shape, setup)
+    if world <= 1:
+        return memory
+    if not sharded:
+        memory.communication_buffers = adapter_parameters(shape, setup) * setup.adapter_bytes
+        return memory
+    other = memory.base_weights - shape.layers * layer_weight_bytes(shape, setup)  # embeddings, norms, output layer
+    unsharded = 2 * layer_weight_bytes(shape, setup) + other
+    memory.base_weights /= world
+    memory.adapter_and_optimizer /= world
+    memory.communication_buffers = unsharded * (world - 1) / world  # the gathered rest of what is sharded
+    return memory

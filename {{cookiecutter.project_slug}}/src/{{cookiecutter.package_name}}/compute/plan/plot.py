@@ -1,4 +1,4 @@
-"""`plan --plot PATH`: dollars per run against hours, one point per offer (GPU, cloud, spot or
+"""`plan --plot PATH`: dollars per run against hours, one point per offer (machine, cloud, spot or
 on-demand), the cheapest and the fastest marked, as a PNG. Reads the plan's dictionary only."""
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def plot_offers(plan: dict, path: str | Path) -> dict:
     """Write the PNG; returns what was plotted: the points, the two marked ones, and `drawn`,
     the points matplotlib actually holds (so a test checks the picture, not just the input)."""
     path = check_plot_path(path)
-    points = [{key: offer[key] for key in ("gpu", "cloud", "spot", "hours", "usd_per_run")} for offer in plan["ranked"]]
+    points = [{key: offer[key] for key in ("machine", "gpu", "cloud", "spot", "hours", "usd_per_run")}
+              for offer in plan["ranked"]]
     if not points:
         raise ConfigError(f"--plot {path}: no offer to plot (no GPU that fits has a price)")
     cheapest = min(points, key=lambda p: (p["usd_per_run"], p["hours"]))
@@ -36,22 +37,22 @@ def plot_offers(plan: dict, path: str | Path) -> dict:
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=100)
     drawn = 0
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for number, gpu in enumerate(dict.fromkeys(p["gpu"] for p in points)):
+    for number, machine in enumerate(dict.fromkeys(p["machine"] for p in points)):
         colour = colours[number % len(colours)]
         for spot in (True, False):
-            mine = [p for p in points if p["gpu"] == gpu and p["spot"] == spot]
+            mine = [p for p in points if p["machine"] == machine and p["spot"] == spot]
             if not mine:
                 continue
             # Spot filled, on-demand hollow: the same GPU's two prices side by side.
             dots = axes.scatter([p["hours"] for p in mine], [p["usd_per_run"] for p in mine], s=36, zorder=2,
                                 color=colour if spot else "none", edgecolors=colour,
-                                label=f"{gpu} {'spot' if spot else 'on-demand'}")
+                                label=f"{machine} {'spot' if spot else 'on-demand'}")
             drawn += len(dots.get_offsets())
     marked = [("cheapest", cheapest), ("fastest", fastest)] if cheapest != fastest else [("cheapest and fastest", cheapest)]
     for row, (which, point) in enumerate(marked):
         axes.scatter([point["hours"]], [point["usd_per_run"]], s=160, marker="*", color="black", zorder=3)
         # The labels sit in the empty top left (the setup band), arrows to their stars: no point is hidden.
-        axes.annotate(f"{which}: {point['gpu']} {'spot' if point['spot'] else 'on-demand'} on {point['cloud']}, "
+        axes.annotate(f"{which}: {point['machine']} {'spot' if point['spot'] else 'on-demand'} on {point['cloud']}, "
                       f"{point['hours']:.2f} h, ${point['usd_per_run']:,.2f}",
                       (point["hours"], point["usd_per_run"]), xytext=(0.02, 0.95 - 0.09 * row),
                       textcoords="axes fraction", fontsize=8, va="top", zorder=4,

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ...config import Params
-from ...model import flops
+from ...model import flops, preference_cost
 from .gpus import GPU
 from .memory import TrainSetup
 from .shapes import ModelShape
@@ -58,6 +58,10 @@ def run_workload(shape: ModelShape, params: Params, summary: dict | None) -> dic
         "mean_context": round(context, 1),
         "flops_per_token": useful,
         "forward_flops_per_token": forward,
+        # A preference step's reference forward (none when precomputed or reference-free).
+        "reference_flops_per_token": preference_cost.reference_flops_per_token(
+            params.train.objective, params.train.preference_loss,
+            params.train.precompute_reference or bool(params.model.init_adapter), forward),
         "dataset": None,
     }
     if train.get("rows"):
@@ -95,6 +99,7 @@ def epochs_warning(work: dict) -> str | None:
 def hours_on(gpu: GPU, work: dict, setup: TrainSetup, shape: ModelShape) -> dict:
     """Estimated hours: setup (billed, trains nothing) plus compute at the GPU's expected MFU."""
     token_flops = work["flops_per_token"] + work["forward_flops_per_token"] * setup.checkpointing  # recomputed layers
+    token_flops += work.get("reference_flops_per_token", 0.0)  # a preference step's reference forward
     seconds = work["tokens"] * token_flops / (gpu.peak_bf16_tflops * 1e12 * gpu.expected_mfu)
     seconds *= METHOD_TIME_FACTOR.get(setup.method, 1.0)
     setup_s = SETUP_MINUTES * 60 + shape.total_params * 2 / DOWNLOAD_BYTES_PER_S

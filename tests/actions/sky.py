@@ -1,0 +1,132 @@
+"""A stand-in for SkyPilot's `sky` command: the managed job runs on this machine.
+
+    sky jobs launch -y -n NAME [--env KEY=VALUE ...] [--secret KEY ...] TASK.yaml
+    sky jobs cancel -y -n NAME
+
+`make setup-sky` installs it as the package `skypilot` (a wheel `skypilot_wheel` writes, found
+offline through PIP_FIND_LINKS), so the workflow's own install step puts it where the project
+looks for SkyPilot. A launch does what one node of a managed job does, minus the cloud:
+- the task's `setup` section, with HOME a fresh "VM" folder whose ~/venv is the job's Python
+  (so its `pip install -e .` and `scripts/pull_data.py` run for real, offline);
+- the task's `run` section through the project's own local backend (`<package> launch
+  --backend local`: the SKYPILOT_* variables of one node, a folder standing in for the bucket),
+  with the --env values and the secrets (read from the environment by name, as SkyPilot does).
+Exit codes as `sky jobs launch` gives them: 0 succeeded, 100 failed. Each call is recorded in
+$ACT_SKY_LOG (arguments, and the NAMES of the secrets that were set; never values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from base64 import urlsafe_b64encode
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve()
+FAILED = 100
+
+
+def record(argv: list[str], **extra) -> None:
+    log = os.environ.get("ACT_SKY_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"argv": argv, "cwd": os.getcwd(), **extra}) + "\n")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sky")
+    jobs = parser.add_subparsers(dest="group", required=True).add_parser("jobs")
+    action = jobs.add_subparsers(dest="action", required=True)
+    launch = action.add_parser("launch")
+    launch.add_argument("-y", "--yes", action="store_true")
+    launch.add_argument("-n", "--name", required=True)
+    launch.add_argument("--env", action="append", default=[])
+    launch.add_argument("--secret", action="append", default=[])
+    launch.add_argument("task")
+    cancel = action.add_parser("cancel")
+    cancel.add_argument("-y", "--yes", action="store_true")
+    cancel.add_argument("-n", "--name", required=True)
+    return parser.parse_args(argv)
+
+
+def launch(args: argparse.Namespace) -> int:
+    task = yaml.safe_load(Path(args.task).read_text(encoding="utf-8"))
+    declared = task.get("secrets") or {}
+    for name in args.secret:
+        if name not in declared or not os.environ.get(name):
+            print(f"sky: --secret {name}: not declared by the task or not set", file=sys.stderr)
+            return FAILED
+    bucket = Path(os.environ["ACT_SKY_BUCKET"])
+    envs = {str(k): "" if v is None else str(v) for k, v in (task.get("envs") or {}).items()}
+    envs.update(item.split("=", 1) for item in args.env)
+    home = Path(tempfile.mkdtemp(prefix="vm-home-", dir=bucket.parent))
+    (home / "venv").symlink_to(sys.prefix)  # the job's Python: what the setup's venv would hold
+    setup_env = {**os.environ, **envs, "HOME": str(home), "CHECKPOINT_ROOT": str(bucket), "SKYPILOT_TASK_ID": args.name}
+    print(f"sky (stand-in): setup of {args.name}", flush=True)
+    if subprocess.run(["bash", "-c", task.get("setup") or "true"], env=setup_env).returncode != 0:
+        return FAILED
+    package = os.environ["ACT_SKY_PACKAGE"]
+    command = [sys.executable, "-m", package, "launch", "--backend", "local", "--task", args.task, "--name", args.name,
+               "--task-id", args.name, "--checkpoint-root", str(bucket)]
+    for item in args.env:
+        command += ["--env", item]
+    print(f"sky (stand-in): run of {args.name}", flush=True)
+    code = subprocess.run(command).returncode
+    return 0 if code == 0 else FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    secrets_set = sorted(name for name in getattr(args, "secret", []) if os.environ.get(name))
+    record(argv, secrets_set=secrets_set)
+    if args.action == "cancel":
+        print(f"sky (stand-in): cancelled {args.name}")
+        return 0
+    return launch(args)
+
+
+# --------------------------------------------------------------------------- the wheel
+
+ENTRY = """\
+import os, sys
+
+
+def main():
+    # The job's `python` (PATH) has the project and PyYAML; this venv has nothing but this file.
+    os.execvp("python", ["python", {script!r}, *sys.argv[1:]])
+"""
+
+
+def skypilot_wheel(folder: Path, version: str = "0.14.1") -> Path:
+    """A wheel named skypilot==version whose `sky` console script runs this file."""
+    dist = f"skypilot-{version}.dist-info"
+    files = {
+        "sky_standin.py": ENTRY.format(script=str(HERE)),
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: skypilot\nVersion: {version}\nSummary: test stand-in\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist}/entry_points.txt": "[console_scripts]\nsky = sky_standin:main\n",
+    }
+    rows = []
+    for name, text in files.items():
+        digest = urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        rows.append(f"{name},sha256={digest},{len(text.encode())}")
+    files[f"{dist}/RECORD"] = "\n".join([*rows, f"{dist}/RECORD,,"]) + "\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"skypilot-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return wheel
+
+
+if __name__ == "__main__":
+    sys.exit(main())
