@@ -106,6 +106,39 @@ for r in json.load(open(sys.argv[1])):
     || echo "{\"case\": \"$name\", \"error\": \"failed or timed out, see $name.log\"}" >> "$results"
 }
 
+# ---- vLLM serves an exported adapter (`export --target vllm`): vLLM needs a GPU, so this is the only
+# place the exported adapter and the printed `vllm serve` line run. Skipped, and said so, where vllm
+# is not installed. The tiny model is trained a few steps, exported, served, and asked one question.
+vllm_serve_check() {
+  local limit name=vllm-serve-export project=carry/bench-project port=8765 server command
+  limit="$(time_left 300)"
+  [ "$limit" -eq 0 ] && { skipped "$name"; return; }
+  "$PY" -c 'import vllm' 2>/dev/null \
+    || { echo "{\"case\": \"$name\", \"error\": \"skipped: vllm is not installed here\"}" >> "$results"; return; }
+  echo "== $name (at most ${limit} s)"
+  ( cd "$project" && timeout "$limit" "$PY" -m bench_project smoke --set train.max_steps=20 \
+      && timeout "$limit" "$PY" -m bench_project export --smoke --target vllm ) > "$OUT/$name.log" 2>&1 \
+    || { echo "{\"case\": \"$name\", \"error\": \"train or export failed, see $name.log\"}" >> "$results"; return; }
+  # The exact line export printed, with a port of our own.
+  command="$("$PY" -c 'import json, sys; print(next(r["command"] for r in json.load(open(sys.argv[1])) if r["target"] == "vllm"))' \
+    "$project/outputs/smoke/export/exports.json")"
+  echo "$command --port $port" >> "$OUT/$name.log"
+  (cd "$project" && eval "timeout $limit $command --port $port") >> "$OUT/$name.log" 2>&1 &
+  server=$!
+  local served=false answer=""
+  for _ in $(seq 1 "$limit"); do
+    if answer="$(curl -sf "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+        -d '{"model": "bench-project-smoke", "prompt": "My invoice is wrong.", "max_tokens": 8}')"; then
+      served=true; break
+    fi
+    kill -0 "$server" 2>/dev/null || break
+    sleep 1
+  done
+  kill "$server" 2>/dev/null; wait "$server" 2>/dev/null
+  echo "$answer" >> "$OUT/$name.log"
+  echo "{\"case\": \"$name\", \"served\": $served}" >> "$results"
+}
+
 if [ "$longest_only" -eq 1 ]; then
   longest_row_checks
 elif [ "$smoke" -eq 1 ]; then
@@ -136,6 +169,7 @@ else
     --attention flex_attention --variant ours_lora_flex
   case_run 120 ours-1b-no-liger "$PY" -m bench_project bench --params "$PARAMS" --shape 1b --seq 2048 --steps 10 --global-batch 16 \
     --liger false --variant ours_lora_no_liger
+  vllm_serve_check
 fi
 
 "$PY" table.py "$results"

@@ -24,6 +24,9 @@ def table(rows: list[dict]) -> list[str]:
         if "refused" in r:
             lines.append(f"{r['case']:25} {'refused' if r['refused'] else 'NOT refused'} (exit {r['exit_code']}, {r['seconds']} s)")
             continue
+        if "served" in r:  # vLLM serving the exported adapter (run_gpu.sh's vllm_serve_check)
+            lines.append(f"{r['case']:25} {'served and answered' if r['served'] else 'NOT served'}")
+            continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
         peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") else "-"
         lines.append(f"{r['model']:6} {r['variant']:18} {r['tokens_per_s']:10.0f} {mfu:>7} {peak:>9}")
@@ -35,7 +38,7 @@ def verdict(value: float, ok: bool, target: str) -> str:
 
 
 def targets(rows: list[dict]) -> list[str]:
-    got = {(r["model"], r["variant"]): r for r in rows if "error" not in r and "refused" not in r}
+    got = {(r["model"], r["variant"]): r for r in rows if "model" in r and "error" not in r and "refused" not in r}
     lines = []
     for model, target in SPEEDUP_TARGETS.items():
         if not any(m == model for m, _ in got):  # a shape this run did not measure at all

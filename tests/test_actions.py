@@ -35,11 +35,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
 from actions.events import pull_request, push
-from actions.github_api import BOT, ApiServer, GitHubApi
+from actions.github_api import ApiServer, GitHubApi
 from actions.harness import Act, ActEnvironment, ActResult, MlflowServer
+
 from conftest import bake
 
 REPO = "acme/act-check"
@@ -175,16 +174,12 @@ def finished_runs(mlflow_uri: str, experiment: str) -> list:
     return [] if found is None else client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def secret_values(project: Project) -> dict[str, str]:
-    return project.act.secrets
-
-
 def leaks(project: Project, result: ActResult) -> dict[str, list[str]]:
     """Secret name -> where its value appeared: act's log, or the environment of any Python
     process a step started (each writes its environment to a file: see the setup-python stand-in)."""
     found: dict[str, list[str]] = {}
     dumps = project.environment.env_dumps()
-    for name, value in secret_values(project).items():
+    for name, value in project.act.secrets.items():
         where = ["log"] if value in result.stdout or value in result.stderr else []
         where += [f"env {key} of a step's process" for dump in dumps for key, seen in dump.items() if value in seen]
         if where:
@@ -211,7 +206,7 @@ def test_push_to_main_trains_a_baseline_tagged_main(sky, baseline, mlflow_uri):
     assert result.jobs() == {"decide": "success", "plan": "success", "train-sky": "success"}, result.explain()
     assert "training a new baseline" in result.log("decide")
     (launched,) = sky.environment.sky_calls()
-    assert launched["argv"][:3] == ["jobs", "launch", "-y"] and f"GITHUB_HEAD_REF=main" in launched["argv"]
+    assert launched["argv"][:3] == ["jobs", "launch", "-y"] and "GITHUB_HEAD_REF=main" in launched["argv"]
     (run,) = finished_runs(mlflow_uri, "act-check-skypilot")
     assert run.info.status == "FINISHED"
     assert run.data.tags["git_branch"] == "main" and run.data.tags["git_commit"] == sha and not run.data.tags.get("pr")

@@ -64,6 +64,7 @@ CLOUD = "launches on a cloud (SkyPilot managed jobs): needs credentials and mone
 SKY_JOBS = "talks to SkyPilot's managed jobs on a cloud"
 GPU_BENCH = "needs a GPU: bench times the trainer on an 8B model's shape"
 BASE_RUN = "needs the base model from the Hugging Face hub and an adapter trained on it"
+STORAGE_DOC = "tests/test_storage.py::test_storage_doc_moves_a_project_to_an_s3_compatible_store (then its dvc push)"
 
 # Every fenced shell command, as the rendered docs of the default bake show it (comments dropped,
 # continuation lines joined). Runs happen in this order within each folder.
@@ -95,6 +96,9 @@ COMMANDS: dict[str, Run | Covered | NotRun] = {
     f"{PKG} chat --model outputs/merged": NotRun(BASE_RUN + " merged by `merge`"),
     f"{PKG} chat --smoke": Run("demo", f"printf 'My invoice is wrong.\\n/exit\\n' | {PKG} chat --smoke",
                                "a question typed, then /exit"),
+    f"{PKG} export": NotRun(BASE_RUN + " (the tiny model's export runs below)"),
+    f"{PKG} export --target gguf --target ollama": NotRun(BASE_RUN + " (the tiny model's export runs below)"),
+    f"{PKG} export --smoke --target gguf --target ollama": Run("demo"),
     f"{PKG} prepare --show 3 --set model.base=Qwen/Qwen2.5-0.5B-Instruct": NotRun(
         "downloads the model's tokenizer from the Hugging Face hub"),
     f"{PKG} prepare --set data.path=hf:trl-lib/Capybara@train": NotRun("downloads a dataset from the Hugging Face hub"),
@@ -135,6 +139,14 @@ COMMANDS: dict[str, Run | Covered | NotRun] = {
     "sky dashboard": NotRun(SKY_JOBS),
     "sky jobs cancel -n <name>": NotRun(SKY_JOBS),
     "sky jobs cancel -n <name> --graceful": NotRun(SKY_JOBS),
+    # docs/storage.md: run against moto's S3 server on 127.0.0.1, placeholders filled in
+    'pip install "dvc[s3]"': NotRun("installs from PyPI; the venv these tests run in has dvc-s3"),
+    "dvc remote add -d -f storage s3://my-bucket/dvc": Covered(STORAGE_DOC),
+    "dvc remote modify storage endpointurl https://<account id>.r2.cloudflarestorage.com": Covered(STORAGE_DOC),
+    "dvc remote modify --local storage access_key_id <key id>": Covered(STORAGE_DOC),
+    "dvc remote modify --local storage secret_access_key <secret>": Covered(STORAGE_DOC),
+    "make mlflow-server MLFLOW_ARTIFACTS=s3://my-bucket/mlflow S3_ENDPOINT_URL=https://<account id>.r2.cloudflarestorage.com": Covered(
+        "tests/test_storage.py's mlflow_server fixture runs it (bucket, endpoint and a free port filled in)"),
 }
 
 

@@ -161,15 +161,14 @@ def test_a_multi_gpu_config_that_cannot_work_stops_before_launch(fake_sky, no_ci
     with pytest.raises(ConfigError, match=r"ACCELERATE_CONFIG='configs/accelerate/zero2.yaml': no such file \(choose one of: "
                                           r"configs/accelerate/ddp.yaml, configs/accelerate/fsdp.yaml\)"):
         launch.run(parse("--env", "ACCELERATE_CONFIG=configs/accelerate/zero2.yaml"))
-    with pytest.raises(ConfigError, match="ACCELERATE_CONFIG='configs/accelerate/fsdp.yaml': model.method=qlora with FSDP"):
-        launch.run(parse("--env", "ACCELERATE_CONFIG=configs/accelerate/fsdp.yaml", "--set", "model.method=qlora"))
     deepspeed = tmp_path / "zero2.yaml"
     deepspeed.write_text("distributed_type: DEEPSPEED\n")
     with pytest.raises(ConfigError, match="DeepSpeed is not supported"):
         launch.run(parse("--env", f"ACCELERATE_CONFIG={deepspeed}"))
     assert fake_sky() == []
-    # LoRA with FSDP is a valid choice.
+    # LoRA and QLoRA with FSDP are valid choices.
     assert launch.resolve(parse("--env", "ACCELERATE_CONFIG=configs/accelerate/fsdp.yaml", "--set", "model.method=lora"))
+    assert launch.resolve(parse("--env", "ACCELERATE_CONFIG=configs/accelerate/fsdp.yaml", "--set", "model.method=qlora"))
 
 
 def test_dry_run_prints_the_command_the_task_and_what_skypilot_says(sky_python, tmp_path, no_ci_env):

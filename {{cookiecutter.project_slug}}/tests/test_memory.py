@@ -195,6 +195,43 @@ def test_fsdp_with_the_loss_in_chunks_trains_like_one_process(make_params, tmp_p
     assert_same_adapter(f"{single.train.output_dir}/adapter", tmp_path / "fsdp/adapter")
 
 
+def test_fsdp_shards_a_4bit_base_and_trains_like_one_process(make_params, tmp_path):
+    """QLoRA under FSDP on 2 CPU processes (gloo) against one process: the 4-bit codes are
+    stored in the compute dtype, so FSDP shards them like any weight (each process holds half
+    the frozen bytes), each layer gathers its shards for its matmuls and the quantization state
+    is restored from the module, and the adapter and losses come out the same."""
+    import mlflow
+
+    from {{ cookiecutter.package_name }}.train import train
+    from test_recipe import SAME_UPDATE, assert_same_adapter, run_two_processes
+
+    from conftest import cli_overrides
+
+    single = make_params(*SAME_UPDATE, "model.method=qlora")
+    data.prepare(single, **quiet)
+    train(single, **quiet)
+    sharded = cli_overrides(single, **{"train.output_dir": tmp_path / "fsdp", "checkpoint.dir": tmp_path / "fsdp-checkpoints",
+                                       "tracking.uri": f"sqlite:///{tmp_path / 'fsdp.db'}"})
+    result = run_two_processes("fsdp", *sharded)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(qlora) on 2x cpu (FSDP)" in result.stdout + result.stderr
+    assert_same_adapter(f"{single.train.output_dir}/adapter", tmp_path / "fsdp/adapter")
+    one_loss = Path(single.train.output_dir, "train_loss.csv").read_text()
+    assert Path(tmp_path / "fsdp/train_loss.csv").read_text() == one_loss  # same losses, to the digits written
+
+    def logged(uri: str, output_dir) -> dict:
+        run_id = json.loads((Path(output_dir) / "mlflow_run.json").read_text())["run_id"]
+        return mlflow.MlflowClient(uri).get_run(run_id).data.params
+
+    whole = int(logged(single.tracking.uri, single.train.output_dir)["resolved.frozen_bytes_per_process"])
+    shard = int(logged(f"sqlite:///{tmp_path / 'fsdp.db'}", tmp_path / "fsdp")["resolved.frozen_bytes_per_process"])
+    base = loading.load_base_model(single, torch.device("cpu"))
+    packed = [p for p in base.parameters() if p.dtype == torch.float32 and p.shape[-1] == 1 and hasattr(p, "quant_state")]
+    assert packed  # the 4-bit codes, packed into float32 storage (the compute dtype here)
+    assert whole == sum(p.numel() * p.element_size() for p in base.parameters())
+    assert abs(shard - whole / 2) <= 0.01 * whole  # half each, to the rounding of uneven shards
+
+
 # ============================================================================== offloading
 
 

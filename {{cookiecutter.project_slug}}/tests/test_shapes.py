@@ -327,11 +327,13 @@ def test_a_file_of_no_known_shape_gets_one_line_with_the_accepted_shapes(tmp_pat
     assert str(err.value) == (
         f'{path}:1: not a known data shape: found keys ["question", "answer"]; accepted shapes: '
         'chat {"messages"}, sharegpt {"conversations"}, completion {"prompt", "completion"}, '
-        'instruction {"instruction", "output"}, text {"text"}'
+        'instruction {"instruction", "output"}, text {"text"}, preference {"prompt", "chosen", "rejected"}, '
+        'implicit_preference {"chosen", "rejected"}'
     )
+    # Preference records are a shape of their own (tests/test_preference_data.py).
     path = write(tmp_path / "pref", "jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
-    with pytest.raises(data.DataError, match="chosen/rejected is preference data, for DPO"):
-        list(data.read_examples(path))
+    [(_, example)] = list(data.read_examples(path))
+    assert example == {"kind": "pair", "prompt": "q", "chosen": "a", "rejected": "b", "tools": None}
 
 
 def test_a_wrong_explicit_format_says_what_the_file_looks_like(tmp_path):
@@ -354,7 +356,7 @@ def test_data_format_is_validated_naming_the_key():
     assert load_params(PARAMS).data.format == "auto"
     for fmt in data.FORMATS:
         assert load_params(PARAMS, [f"data.format={fmt}"]).data.format == fmt
-    with pytest.raises(ConfigError, match=r"^--set: data.format: Input should be 'auto', 'chat', 'sharegpt', 'instruction', 'completion' or 'text' \(got 'alpaca'\)"):
+    with pytest.raises(ConfigError, match=r"^--set: data.format: Input should be 'auto', 'chat', 'sharegpt', 'instruction', 'completion', 'text', 'preference' or 'implicit_preference' \(got 'alpaca'\)"):
         load_params(PARAMS, ["data.format=alpaca"])
     with pytest.raises(data.DataError, match="data.format: unknown format 'alpaca'"):
         data.read_examples("whatever.jsonl", "alpaca")

@@ -30,17 +30,12 @@ def multi_gpu_problem(distributed_type: str, method: str) -> str | None:
     """Why an accelerate launch config (its distributed_type) cannot train this method, or None.
 
     DeepSpeed ZeRO-1/2 shard only what is trained (the adapter: a few hundred MB at most),
-    so for LoRA they save next to nothing over DDP; FSDP shards the frozen base instead."""
+    so for LoRA they save next to nothing over DDP; FSDP shards the frozen base instead, 16-bit
+    or 4-bit (QLoRA: its packed codes are stored in the compute dtype, model/loading.py)."""
     if distributed_type == "DEEPSPEED":
         return (
             "DeepSpeed is not supported: for LoRA use configs/accelerate/ddp.yaml (the base fits on one GPU) "
             "or configs/accelerate/fsdp.yaml (it does not)"
-        )
-    if distributed_type == "FSDP" and method == "qlora":
-        return (
-            "model.method=qlora with FSDP is not supported: the 4-bit base would be loaded whole on every GPU "
-            "before being sharded; use configs/accelerate/ddp.yaml (a 4-bit base fits on one GPU), "
-            "or model.method=lora with fsdp.yaml"
         )
     return None
 

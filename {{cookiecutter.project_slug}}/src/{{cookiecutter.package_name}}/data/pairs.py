@@ -73,10 +73,11 @@ def pack_pairs(encoded: list, max_length: int, pad_id: int) -> tuple[dict[str, n
     return rows, stats
 
 
-def prepare_pairs(params, examples, tokenizer, shapes: list[str], log=print) -> dict:
-    """Encode, split, pack and write preference pairs into data.prepared_dir; returns the summary."""
-    from .prepare import length_summary, validation_records
+def prepare_pairs(params, examples, tokenizer, shapes: list[str], validation_records, length_summary, log=print) -> dict:
+    """Encode, split, pack and write preference pairs into data.prepared_dir; returns the summary.
 
+    `validation_records` and `length_summary` are prepare.py's: the same split and length figures
+    as supervised data."""
     cfg = params.data
     encoded, pairs = encode_all(examples, tokenizer, params.model.base)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

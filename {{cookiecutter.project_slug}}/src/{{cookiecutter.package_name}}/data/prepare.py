@@ -290,7 +290,7 @@ def prepare(params, tokenizer=None, log=print) -> dict:
     if cfg.format != "text":
         ensure_chat_template(tokenizer)
     if is_pairs(shapes):  # preference data: chosen and rejected side by side (pairs.py)
-        return prepare_pairs(params, examples, tokenizer, shapes, log)
+        return prepare_pairs(params, examples, tokenizer, shapes, validation_records, length_summary, log)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     with atomic_dir(cfg.prepared_dir) as tmp:

@@ -192,8 +192,12 @@ def load_base_model(params, device: torch.device, quantize: bool | None = None, 
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
+            # The packed 4-bit codes stored as the compute dtype (two per byte either way): FSDP
+            # flattens and shards only tensors of the model's dtype; the default uint8 storage
+            # crashes it or trains with a loss of 0 (accelerate #3983).
+            bnb_4bit_quant_storage=dtype,
         )
-        kwargs["device_map"] = {"": device}
+        kwargs["device_map"] = {"": device if to_device else "cpu"}
     source = model_source(params.model.base)
     model = None
     for attention in attention_candidates(params.model.attn_implementation, device):

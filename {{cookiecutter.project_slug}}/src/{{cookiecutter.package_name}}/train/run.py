@@ -314,6 +314,7 @@ def log_run_params(s: Session, tracker: Tracker, estimate: dict | None) -> None:
     })
     tracker.log_params({
         "trainable_parameters": s.trainable, "total_parameters": s.total, "processes": s.world,
+        "resolved.frozen_bytes_per_process": s.frozen_bytes,
         "resolved.micro_batch": s.micro_batch, "resolved.accumulation": s.accumulation,
         "resolved.checkpointed_layers": s.checkpointed_layers, "resolved.liger_kernels": s.liger,
         "resolved.offload_activations": s.offloaded, "resolved.loss": s.loss,

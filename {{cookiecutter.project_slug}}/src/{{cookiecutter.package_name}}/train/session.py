@@ -51,6 +51,7 @@ class Session:
     total: int
     summary: dict | None  # prepared data's summary.json (None for the benchmark's rows)
     objective: object = None  # what a step optimises (objectives/): chosen once, here
+    frozen_bytes: int = 0  # the frozen base as this process holds it (under FSDP: its shard)
 
     @property
     def world(self) -> int:
@@ -164,5 +165,12 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
         optimizer=optimizer, scheduler=scheduler, rows=rows, micro_batch=micro_batch,
         accumulation=per_process // micro_batch, checkpointed_layers=checkpointed, offloaded=fit.offloaded, loss=loss_kind, sharded=sharded, liger=liger, compiled=cfg.compile, dtype=dtype,
         token_flops=flops.flops_per_token(n_matmul, config.num_hidden_layers, config.hidden_size, mean_context or 0.0),
-        trainable=trainable, total=total, summary=summary, objective=objective,
+        trainable=trainable, total=total, summary=summary, objective=objective, frozen_bytes=local_frozen_bytes(model),
     )
+
+
+def local_frozen_bytes(model) -> int:
+    """Bytes of the frozen parameters this process holds: all of them, or its FSDP shards
+    (a 4-bit base counts its packed codes, stored in the compute dtype)."""
+    held = (p.to_local() if hasattr(p, "to_local") else p for p in model.parameters() if not p.requires_grad)
+    return sum(t.numel() * t.element_size() for t in held)
