@@ -81,7 +81,7 @@ def test_a_real_run_stays_within_the_ram_it_chose(real_model, make_params, tmp_p
     the process's peak RSS stays below what it held at the choice plus the estimate."""
     params = make_params(f"model.base={real_model}", "model.dtype=float32", "data.max_length=512", "train.global_batch=4",
                          "train.micro_batch=auto", "train.gradient_checkpointing=auto", "train.max_steps=2",
-                         "train.log_every_steps=1", "compute.host_ram_gib=1.6", "eval.generations=0")
+                         "train.log_every_steps=1", "compute.host_ram_gib=3", "eval.generations=0")
     data.prepare(params, log=lambda *_: None)
     command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "train", *cli_overrides(params)]
     process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -93,7 +93,7 @@ def test_a_real_run_stays_within_the_ram_it_chose(real_model, make_params, tmp_p
                        r"([\d.]+) GiB of the ([\d.]+) GiB.*the process held ([\d.]+) GiB", output)
     assert chosen, output[-3000:]
     micro_batch, checkpointed, step_gib, budget_gib, held_gib = chosen.groups()
-    assert (int(micro_batch), int(checkpointed)) != (4, 0)  # 4 x 512 without checkpointing needs more than 1.6 GiB
+    assert (int(micro_batch), int(checkpointed)) != (4, 0)  # 4 x 512 without checkpointing needs more than 3 GiB
     assert float(step_gib) <= host_fit.RAM_SHARE * float(budget_gib)
     peak_gib = usage.ru_maxrss * 1024 / GIB
     print(f"peak RSS {peak_gib:.2f} GiB; held {held_gib} GiB at the choice + step estimate {step_gib} GiB")

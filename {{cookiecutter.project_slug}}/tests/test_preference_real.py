@@ -105,14 +105,14 @@ def test_per_pair_dpo_loss_equals_trls_dpo_trainer(real_model, preference_record
 
 
 def test_a_short_dpo_run_raises_held_out_preference_accuracy_and_margin(real_model, preference_records, tmp_path):
-    # The shortest pairs, in rows of 256 tokens, two rows a step: a few CPU minutes for the 135M model.
+    # The shortest pairs, in rows of 384 tokens, two rows a step: a few CPU minutes for the 135M model.
     _, records = preference_records
     path = tmp_path / "short.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in sorted(records, key=lambda r: len(json.dumps(r)))[:36]))
+    path.write_text("".join(json.dumps(r) + "\n" for r in sorted(records, key=lambda r: len(json.dumps(r)))[:40]))
     params = smoke_params(tmp_path, real_model, path, f"data.path={path}", "train.objective=dpo", "model.dtype=float32",
-                          "data.max_length=256", "train.global_batch=2", "train.micro_batch=2", "train.max_steps=6",
+                          "data.max_length=384", "train.global_batch=2", "train.micro_batch=2", "train.max_steps=6",
                           "train.learning_rate=1e-3", "train.warmup_steps=0", "train.lr_schedule=constant", "train.log_every_steps=2",
-                          "lora.dropout=0", "data.val_fraction=0.2", "eval.generations=0", "tracking.system_metrics=false")
+                          "lora.dropout=0", "data.val_fraction=0.25", "eval.generations=0", "tracking.system_metrics=false")
     data.prepare(params, log=lambda *_: None)
     held_out = data.load_prepared(params.data.prepared_dir, "val")
     base = loading.add_adapter(loading.load_base_model(params, torch.device("cpu")), params)
