@@ -207,6 +207,8 @@ def test_push_to_main_trains_a_baseline_tagged_main(sky, baseline, mlflow_uri):
     assert "training a new baseline" in result.log("decide")
     (launched,) = sky.environment.sky_calls()
     assert launched["argv"][:3] == ["jobs", "launch", "-y"] and "GITHUB_HEAD_REF=main" in launched["argv"]
+    # The task's setup ran on the "VM"; its pip lines found the job's own install of this checkout.
+    assert "nothing to do" in result.log("train-sky") and "pip stays as it is" in result.log("train-sky")
     (run,) = finished_runs(mlflow_uri, "act-check-skypilot")
     assert run.info.status == "FINISHED"
     assert run.data.tags["git_branch"] == "main" and run.data.tags["git_commit"] == sha and not run.data.tags.get("pr")

@@ -10,10 +10,12 @@ no clock, no hashing, no set ordering), so the dataset can be regenerated
 byte-for-byte on any machine and Python 3.10+, and DVC sees the same hash.
 
 Usage: python scripts/make_sample_data.py [--out data/raw/support.jsonl]
-                                          [--count 400] [--seed 0] [--preferences]
+                                          [--count 400] [--seed 0] [--preferences | --kto]
 
 --preferences writes preference pairs instead: each conversation's last answer is the chosen
 one, a vague or unsafe answer the rejected one (`{"prompt", "chosen", "rejected"}`, as messages).
+--kto writes KTO's unpaired records from the same pairs: `{"prompt", "completion", "label"}`, each
+record one side of a pair, the good answer with label true or the worse one with label false.
 Standard library only.
 """
 # Templates are kept one per line, so long lines are expected here.
@@ -304,6 +306,13 @@ def make_preference(rng: random.Random) -> dict:
     return {"prompt": messages[:-1], "chosen": [messages[-1]], "rejected": [{"role": "assistant", "content": rejected}]}
 
 
+def make_kto(rng: random.Random) -> dict:
+    """One side of a preference pair, labelled: {"prompt": messages, "completion": [answer], "label": bool}."""
+    pair = make_preference(rng)
+    desirable = rng.random() < 0.5
+    return {"prompt": pair["prompt"], "completion": pair["chosen" if desirable else "rejected"], "label": desirable}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """Write rows as UTF-8 JSON lines atomically (temporary file, then os.replace)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,13 +339,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--preferences", action="store_true",
                         help="write preference pairs (prompt / chosen / rejected) for train.objective=dpo instead")
+    parser.add_argument("--kto", action="store_true",
+                        help="write KTO records (prompt / completion / label) for train.objective=kto instead")
     args = parser.parse_args(argv)
+    if args.preferences and args.kto:
+        parser.error("--preferences and --kto: choose one")
     if args.count < 1:
         parser.error("--count must be at least 1")
     rng = random.Random(args.seed)
-    rows = [(make_preference if args.preferences else make_conversation)(rng) for _ in range(args.count)]
+    make, what = (make_preference, "preference pairs") if args.preferences else (make_kto, "KTO records") if args.kto else (make_conversation, "conversations")
+    rows = [make(rng) for _ in range(args.count)]
     write_jsonl(args.out, rows)
-    print(f"Wrote {len(rows)} {'preference pairs' if args.preferences else 'conversations'} to {args.out}")
+    print(f"Wrote {len(rows)} {what} to {args.out}")
 
 
 if __name__ == "__main__":

@@ -224,10 +224,12 @@ def test_an_init_adapter_of_another_rank_names_the_key(prepared, tmp_path):
 
 
 def test_sigkill_during_a_dpo_run_then_resume_is_bitwise_identical(prepared, tmp_path):
-    from test_resume import effective_samples, start, wait_for
+    assert_sigkill_then_resume_is_bitwise_identical(prepared[0], tmp_path)
 
-    params, _ = prepared
-    steps = 6
+
+def assert_sigkill_then_resume_is_bitwise_identical(params, tmp_path, steps: int = 6):
+    """A run killed mid-way (SIGKILL) and resumed ends with the adapter of an uninterrupted one (KTO too)."""
+    from test_resume import effective_samples, start, wait_for
 
     def command(name):
         changes = {"train.output_dir": tmp_path / name, "train.max_steps": steps, "checkpoint.every_steps": 1,

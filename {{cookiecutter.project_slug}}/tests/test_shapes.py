@@ -328,7 +328,7 @@ def test_a_file_of_no_known_shape_gets_one_line_with_the_accepted_shapes(tmp_pat
         f'{path}:1: not a known data shape: found keys ["question", "answer"]; accepted shapes: '
         'chat {"messages"}, sharegpt {"conversations"}, completion {"prompt", "completion"}, '
         'instruction {"instruction", "output"}, text {"text"}, preference {"prompt", "chosen", "rejected"}, '
-        'implicit_preference {"chosen", "rejected"}'
+        'implicit_preference {"chosen", "rejected"}, kto {"prompt", "completion", "label"}'
     )
     # Preference records are a shape of their own (tests/test_preference_data.py).
     path = write(tmp_path / "pref", "jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
@@ -356,7 +356,7 @@ def test_data_format_is_validated_naming_the_key():
     assert load_params(PARAMS).data.format == "auto"
     for fmt in data.FORMATS:
         assert load_params(PARAMS, [f"data.format={fmt}"]).data.format == fmt
-    with pytest.raises(ConfigError, match=r"^--set: data.format: Input should be 'auto', 'chat', 'sharegpt', 'instruction', 'completion', 'text', 'preference' or 'implicit_preference' \(got 'alpaca'\)"):
+    with pytest.raises(ConfigError, match=r"^--set: data.format: Input should be 'auto', 'chat', 'sharegpt', 'instruction', 'completion', 'text', 'preference', 'implicit_preference' or 'kto' \(got 'alpaca'\)"):
         load_params(PARAMS, ["data.format=alpaca"])
     with pytest.raises(data.DataError, match="data.format: unknown format 'alpaca'"):
         data.read_examples("whatever.jsonl", "alpaca")

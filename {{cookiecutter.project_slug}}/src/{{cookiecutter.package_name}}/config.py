@@ -65,7 +65,7 @@ class LoraParams(_Section):
 class DataParams(_Section):
     path: str = "data/raw/support.jsonl"
     # auto = detected from each file's first record; see data/shapes.py for each shape
-    format: Literal["auto", "chat", "sharegpt", "instruction", "completion", "text", "preference", "implicit_preference"] = "auto"
+    format: Literal["auto", "chat", "sharegpt", "instruction", "completion", "text", "preference", "implicit_preference", "kto"] = "auto"
     train_on: Literal["assistant", "all"] = "assistant"  # which tokens carry the loss
     max_length: int = Field(1024, ge=16)
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -93,11 +93,14 @@ class TrainParams(_Section):
     log_every_steps: int = Field(10, gt=0)
     output_dir: str = "outputs"
     # What a step optimises (train/objectives/): sft = next-token loss on the answers; dpo = a pair loss
-    # on chosen/rejected answers (preference data), preference_loss says which.
-    objective: Literal["sft", "dpo"] = "sft"
+    # on chosen/rejected answers (preference data), preference_loss says which; kto = KTO's loss on
+    # unpaired answers labelled desirable/undesirable (kto data), beta its KL strength.
+    objective: Literal["sft", "dpo", "kto"] = "sft"
     preference_loss: Literal["sigmoid", "ipo", "simpo", "orpo"] = "sigmoid"
     beta: float = Field(0.1, gt=0)  # sigmoid/ipo: the KL strength; simpo: the reward scale; orpo: the odds-ratio weight
     simpo_gamma: float = Field(0.5, ge=0)  # simpo: the target reward margin
+    desirable_weight: float = Field(1.0, gt=0)  # kto: weight of a desirable answer's loss
+    undesirable_weight: float = Field(1.0, gt=0)  # kto: weight of an undesirable answer's loss
     precompute_reference: bool = False  # reference log-probs computed once and stored (always so with model.init_adapter)
 
     @model_validator(mode="after")

@@ -37,7 +37,8 @@ from .tracking.runs import find_baseline, select_runs
 QUALITY_RUNS = 10  # per-example scores are downloaded for at most this many runs
 ANSWERS_SHOWN = 3
 # Means logged by `evaluate`: compared means-only when a run has no per-example scores.
-QUALITY_METRICS = ("eval_loss", "token_accuracy", "exact_match", "chrf", "rouge_l")
+QUALITY_METRICS = ("eval_loss", "token_accuracy", "exact_match", "chrf", "rouge_l", "preference_accuracy", "reward_margin",
+                   "logp_margin")
 # Columns whose sign alone gets a ✅ / ⚠️: speed and cost. Quality gets its verdict from the
 # paired comparison instead (a seed alone moves eval loss by more than many real changes).
 MARKED = {"tokens_per_second", "cost_usd", "gpu_hours", "wall_minutes"}
@@ -62,6 +63,9 @@ TASK_COLUMNS = [
     ("exact_match", "metric", "{:.1%}", False),
     ("chrf", "metric", "{:.4g}", False),
     ("rouge_l", "metric", "{:.4g}", False),
+    ("preference_accuracy", "metric", "{:.1%}", False),  # held-out preference pairs (evaluate/pairs.py)
+    ("reward_margin", "metric", "{:.4g}", False),
+    ("logp_margin", "metric", "{:.4g}", False),
 ]
 
 

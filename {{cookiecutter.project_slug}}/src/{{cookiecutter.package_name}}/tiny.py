@@ -28,8 +28,8 @@ def corpus(data_path: str | Path):
         elif example["kind"] == "completion":
             yield example["prompt"]
             yield example["completion"]
-        elif example["kind"] == "pair":
-            for part in (example["prompt"], example["chosen"], example["rejected"]):
+        elif example["kind"] in ("pair", "kto"):
+            for part in (example["prompt"], example.get("chosen") or example["completion"], example.get("rejected", [])):
                 yield from [part] if isinstance(part, str) else (message["content"] for message in part)
         else:
             yield example["text"]

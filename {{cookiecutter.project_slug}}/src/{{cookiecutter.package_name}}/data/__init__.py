@@ -6,6 +6,7 @@ The `prepare` stage, one job per module:
   shapes    detecting, checking and normalising each record's shape (chat, sharegpt, ...)
   preference  the preference shapes (prompt/chosen/rejected, implicit prompt) and each pair rendered
   pairs     `prepare` for preference data: pairs packed side by side into the same row files
+  kto       KTO's unpaired records as pairs: each answer beside a mismatched one (the KL estimate), labels beside the rows
   chat      one render and one tokenization per example; trained tokens from character spans
   show      `prepare --show N`: rendered examples with the trained text marked
   packing   best-fit packing of examples into fixed-length rows, planned on lengths alone

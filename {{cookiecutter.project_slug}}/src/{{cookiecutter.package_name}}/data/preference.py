@@ -11,6 +11,12 @@ Two shapes (params `data.format`; `auto` tells them apart by their keys):
                        Two sides that share no message, or whose shared part does not end where an assistant
                        answer begins, are refused.
 
+  kto                  {"prompt": ..., "completion": ..., "label": true | false, "tools": [...] (optional)}:
+                       KTO's unpaired records, one answer marked desirable (true) or undesirable (false);
+                       prompt and completion as for `preference` (CSV's "true"/"false" text is read as such).
+                       Normalised to {"kind": "kto", "prompt", "completion", "label": bool, "tools"}; kto.py
+                       renders each one beside a mismatched completion as a pair (for KTO's KL estimate).
+
 A pair is normalised to {"kind": "pair", "prompt": str | [messages], "chosen": str | [messages],
 "rejected": str | [messages], "tools": list | None}.
 
@@ -29,12 +35,14 @@ from dataclasses import dataclass
 from .chat import IGNORE, Encoded, encode_example
 from .errors import DataError
 
-SHAPES = ("preference", "implicit_preference")
+SHAPES = ("preference", "implicit_preference", "kto")
 
 
 def detect(record: dict) -> str | None:
     if "chosen" in record and "rejected" in record:
         return "preference" if "prompt" in record else "implicit_preference"
+    if "prompt" in record and "completion" in record and "label" in record:
+        return "kto"
     return None
 
 
@@ -56,10 +64,10 @@ def normalisers(message, tools, bad) -> dict:
             raise bad(f"{key!r} has no assistant message: nothing to compare")
         return side
 
-    def explicit(record: dict) -> dict:
-        prompt, chosen, rejected = record.get("prompt"), record.get("chosen"), record.get("rejected")
+    def explicit(record: dict, sides: tuple[str, ...] = ("chosen", "rejected")) -> dict:
+        prompt, chosen, rejected = record.get("prompt"), record.get(sides[0]), record.get(sides[-1])
         if isinstance(prompt, str):
-            for key, value in (("chosen", chosen), ("rejected", rejected)):
+            for key, value in zip(sides, (chosen, rejected), strict=False):  # kto: one side
                 if not isinstance(value, str):
                     raise bad(f"'prompt' is plain text, so {key!r} must be a string too, found {_kind(value)} "
                               "(or give the prompt as a list of messages)")
@@ -70,8 +78,8 @@ def normalisers(message, tools, bad) -> dict:
         for m in context:  # earlier answers are context, never trained (as in supervised completion records)
             if m["role"] == "assistant":
                 m["weight"] = 0
-        return {"kind": "pair", "prompt": context, "chosen": answer_of(messages(chosen, "chosen", True), "chosen"),
-                "rejected": answer_of(messages(rejected, "rejected", True), "rejected"), "tools": tools(record.get("tools"))}
+        return {"kind": "pair", "prompt": context, "chosen": answer_of(messages(chosen, sides[0], True), sides[0]),
+                "rejected": answer_of(messages(rejected, sides[-1], True), sides[-1]), "tools": tools(record.get("tools"))}
 
     def implicit(record: dict) -> dict:
         chosen, rejected = record.get("chosen"), record.get("rejected")
@@ -97,7 +105,16 @@ def normalisers(message, tools, bad) -> dict:
         return {"kind": "pair", "prompt": context, "chosen": chosen[shared:], "rejected": rejected[shared:],
                 "tools": tools(record.get("tools"))}
 
-    return {"preference": explicit, "implicit_preference": implicit}
+    def unpaired(record: dict) -> dict:
+        label = record.get("label")
+        if isinstance(label, str) and label.strip().lower() in ("true", "false"):  # CSV cells are text
+            label = label.strip().lower() == "true"
+        if not isinstance(label, bool):
+            raise bad(f"'label' must be true (a desirable answer) or false (an undesirable one), found {_kind(label)} {label!r}")
+        pair = explicit(record, ("completion",))
+        return {"kind": "kto", "prompt": pair["prompt"], "completion": pair["chosen"], "label": label, "tools": pair["tools"]}
+
+    return {"preference": explicit, "implicit_preference": implicit, "kto": unpaired}
 
 
 def _kind(value: object) -> str:

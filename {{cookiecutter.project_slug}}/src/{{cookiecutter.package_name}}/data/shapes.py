@@ -51,6 +51,7 @@ SIGNATURES = {
     "text": '{"text"}',
     "preference": '{"prompt", "chosen", "rejected"}',
     "implicit_preference": '{"chosen", "rejected"}',
+    "kto": '{"prompt", "completion", "label"}',
 }
 # Message keys passed on as they are, when they are strings: a tool message's call id and
 # function name, a participant's name, the reasoning some templates render.

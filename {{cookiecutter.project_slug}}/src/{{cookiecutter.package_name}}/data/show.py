@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .chat import IGNORE, Encoded, encode_example, template_notes
 from .errors import DataError
-from .preference import encode_pair
+from .preference import encode_pair, side_example
 from .readers import Source
 from .shapes import detect, normalise, read_examples
 
@@ -120,7 +120,7 @@ def show_examples(params, n: int, color: bool, tokenizer=None, out=print) -> Non
         tokenizer = load_tokenizer(params.model.base)
     source = params.model.base
     legend = "trained text in bold green" if color else f"trained text between {PLAIN_OPEN} and {PLAIN_CLOSE}"
-    notes = template_notes(tokenizer, source) if any(e["kind"] == "chat" or e["kind"] == "pair" and not isinstance(e["prompt"], str)
+    notes = template_notes(tokenizer, source) if any(e["kind"] == "chat" or e["kind"] in ("pair", "kto") and not isinstance(e["prompt"], str)
                                                      for _, e in examples) else ""
     how = f" (taken in turn from its {files} files, evenly spaced through each)" if files > 1 else " (evenly spaced through it)"
     how = how if len(examples) < total else ""
@@ -130,6 +130,9 @@ def show_examples(params, n: int, color: bool, tokenizer=None, out=print) -> Non
     for where, example in examples:
         if example["kind"] == "pair":
             show_pair(tokenizer, where, example, source, color, out)
+            continue
+        if example["kind"] == "kto":
+            show_kto(tokenizer, where, example, source, color, out)
             continue
         try:
             encoded = encode_example(tokenizer, example, cfg.train_on, template_source=source)
@@ -151,3 +154,16 @@ def show_pair(tokenizer, where: str, pair: dict, source: str, color: bool, out=p
         trained = sum(label != IGNORE for label in encoded.labels)
         out(f"  [{side}: {len(encoded.ids)} tokens, {trained} trained]")
         out(marked(encoded, color))
+
+
+def show_kto(tokenizer, where: str, example: dict, source: str, color: bool, out=print) -> None:
+    """A KTO record: its answer rendered as a pair side is (the trained part marked), and its label."""
+    pair = {"prompt": example["prompt"], "chosen": example["completion"], "tools": example["tools"]}
+    try:
+        encoded = encode_example(tokenizer, side_example(pair, "chosen", tokenizer.eos_token), "assistant", source)
+    except DataError as err:
+        raise DataError(f"{where}: {err}") from None
+    trained = sum(label != IGNORE for label in encoded.labels)
+    label = "desirable (label true)" if example["label"] else "undesirable (label false)"
+    out(f"\n--- {where}: {len(encoded.ids)} tokens, {trained} trained, {label} ---")
+    out(marked(encoded, color))

@@ -1,6 +1,7 @@
 """The `evaluate` stage, one job per module:
   answers   loss and token accuracy per validation example; greedy answers to held-out prompts
   metrics   exact match, chrF, ROUGE-L and the user's own `module:function`
+  pairs     held-out preference pairs: preference accuracy, reward and log-prob margins
   compare   paired comparison with a baseline run: delta, bootstrap 95% interval, verdict
   judge     optional pairwise judge through an OpenAI-compatible endpoint
   harness   optional lm-evaluation-harness tasks

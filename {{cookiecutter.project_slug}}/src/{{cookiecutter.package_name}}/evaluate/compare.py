@@ -1,7 +1,8 @@
 """Paired comparison of two runs on the same held-out examples: is the change beyond noise?
 
 Each run's `evaluate` saves its per-example scores (eval_examples.json: every held-out
-answer's metrics, every validation example's loss). Two runs' examples are paired by id
+answer's metrics, every validation example's loss, every held-out preference pair's
+accuracy and margins). Two runs' examples are paired by id
 (a hash of the example itself, so packing order does not matter). For each metric:
   delta  this run's mean minus the baseline's, over the paired examples (for losses and
          token accuracy, weighted by trained tokens, exactly as eval_loss is)
@@ -30,7 +31,7 @@ LOWER_IS_BETTER = {"eval_loss", "perplexity"}
 BETTER, WORSE, NOISE = "better", "worse", "within noise"
 MIN_PAIRED_SHARE = 0.5  # at least half of this run's examples must also be in the baseline's
 # Rates: shown as percentages, their changes in percentage points.
-PERCENT = {"token_accuracy", "exact_match", "judge_win_rate"}
+PERCENT = {"token_accuracy", "exact_match", "judge_win_rate", "preference_accuracy"}
 
 
 def bootstrap_delta(run: np.ndarray, base: np.ndarray, run_weights: np.ndarray | None = None,
@@ -72,6 +73,10 @@ def per_example_values(table: dict) -> dict[str, dict[str, tuple[float, float]]]
     for row in table.get("answers", []):
         for name, value in row["scores"].items():
             values.setdefault(name, {})[row["id"]] = (value, 1.0)
+    for row in table.get("pairs", []):  # held-out preference pairs (pairs.py): one value per pair
+        values.setdefault("preference_accuracy", {})[row["id"]] = (row["correct"], 1.0)
+        for name in ("reward_margin", "logp_margin"):
+            values.setdefault(name, {})[row["id"]] = (row[name], 1.0)
     return values
 
 

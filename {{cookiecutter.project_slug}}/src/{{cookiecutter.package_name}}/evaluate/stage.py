@@ -1,6 +1,7 @@
 """The `evaluate` stage: how good are the trained adapter's answers, and better than main's?
 
 1. loss: eval loss, perplexity and token accuracy on the validation rows' trained tokens
+   preference pairs (when `prepare` made pairs): held-out preference accuracy and margins (pairs.py)
 2. answers: greedy answers to `eval.generations` held-out prompts, scored by `eval.metrics`
 3. optional: lm-evaluation-harness tasks (`eval.harness_tasks`)
 4. baseline: the newest finished run of `eval.baseline_branch` in MLflow, compared example
@@ -22,7 +23,7 @@ from ..atomic import write_text_atomic
 from ..model import loading
 from ..tracking import RUN_FILE, log_to_training_run, tracking_uri
 from ..tracking.plots import plot_loss, read_loss_csv
-from . import compare, metrics
+from . import compare, metrics, pairs
 from .answers import example_key, generate_answers, validation_scores
 
 
@@ -139,6 +140,11 @@ def evaluate(params, log=print) -> dict:
     rows_per_pass = params.train.micro_batch if isinstance(params.train.micro_batch, int) else max(1, 4096 // params.data.max_length)
     per_example = validation_scores(model, data.load_prepared(params.data.prepared_dir, "val"), rows_per_pass, device)
     results = loss_metrics(per_example)
+    pair_table = None
+    if pairs.prepared_pairs(params.data.prepared_dir):
+        pair_means, pair_table = pairs.score(params, model, data.load_prepared(params.data.prepared_dir, "val"),
+                                             rows_per_pass, device)
+        results.update(pair_means)
     generations = generate_answers(model, tokenizer, prompts, params.eval.max_new_tokens, device, params.eval.batch_size)
     answers = scored_answers(generations, scorers)
     results.update(means(answers))
@@ -149,6 +155,8 @@ def evaluate(params, log=print) -> dict:
     del model
 
     examples = {"answers": answers, "losses": per_example}
+    if pair_table is not None:
+        examples["pairs"] = pair_table
     base_run, base_table = baseline_examples(params, log)
     comparison = None
     if base_table is not None:
@@ -181,6 +189,11 @@ def evaluate(params, log=print) -> dict:
     run_id = log_to_training_run(params, logged, artifacts, step=params.train.max_steps, tables={"generations.json": table})
     log(f"eval_loss {results['eval_loss']:.4f}, perplexity {results['perplexity']:.2f}, token accuracy "
         f"{results['token_accuracy']:.1%} on {results['eval_tokens']} tokens -> {metrics_path}")
+    if pair_table is not None:
+        log(f"{results['eval_pairs']} held-out pairs: preference accuracy {results['preference_accuracy']:.1%}, reward margin "
+            f"{results['reward_margin']:.4g}, log-prob margin {results['logp_margin']:.4g} per token ({params.train.preference_loss})")
+        if pairs.reference_note(params):
+            log(pairs.reference_note(params))
     if answers:
         log(f"{len(answers)} held-out answers: " + ", ".join(f"{k} {compare.show_value(k, v)}" for k, v in means(answers).items())
             + f" -> {examples_path}")

@@ -7,6 +7,9 @@
   offload    checkpointed layers' inputs kept in host RAM; the MLP over slices of a long row
   fit        the micro-batch, checkpointed layers and offloading that fit (probed on the GPU)
   flops      FLOPs per token and MFU (the LoRA convention); the GPUs' bf16 peaks
+  logps      summed log-probabilities of each packed sequence's trained tokens
+  pair_losses  the preference pair losses (sigmoid DPO, IPO, SimPO, ORPO) and their rewards
+  pair_scores  preference pairs scored: policy and adapter-off reference -> loss, rewards, margins
   preference_cost  what a preference step adds to a supervised one (the reference forward, the logits)
 
 Imports: the config only. Everything else in the package may use this one; it uses none of them.

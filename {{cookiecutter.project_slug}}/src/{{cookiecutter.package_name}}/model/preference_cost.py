@@ -16,7 +16,8 @@ REFERENCE_FREE_LOSSES = ("simpo", "orpo")
 
 def reference_forward_per_step(objective: str, loss: str, precomputed: bool) -> bool:
     """Does every step run the reference forward (adapter off) over its rows?"""
-    return objective == "dpo" and loss not in REFERENCE_FREE_LOSSES and not precomputed
+    # kto: always a reference (its loss does not take train.preference_loss)
+    return (objective == "kto" or objective == "dpo" and loss not in REFERENCE_FREE_LOSSES) and not precomputed
 
 
 def reference_flops_per_token(objective: str, loss: str, precomputed: bool, forward_flops_per_token: float) -> float:
@@ -26,4 +27,4 @@ def reference_flops_per_token(objective: str, loss: str, precomputed: bool, forw
 
 def logits_bytes(objective: str, rows: int, tokens: int, vocab: int) -> int:
     """Bytes of the fp32 logits and their gradient that a preference micro-batch holds (0 for supervised)."""
-    return 0 if objective != "dpo" else 2 * 4 * rows * tokens * vocab
+    return 0 if objective == "sft" else 2 * 4 * rows * tokens * vocab

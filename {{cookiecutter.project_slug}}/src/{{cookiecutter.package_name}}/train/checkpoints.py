@@ -61,6 +61,7 @@ COMPATIBILITY_KEYS = (
     "train.max_steps", "train.global_batch", "train.learning_rate", "train.lr_schedule", "train.warmup_steps",
     "train.weight_decay", "train.max_grad_norm", "train.optimizer", "train.seed",
     "train.objective", "train.preference_loss", "train.beta", "train.simpo_gamma", "model.init_adapter",
+    "train.desirable_weight", "train.undesirable_weight",
 )
 
 

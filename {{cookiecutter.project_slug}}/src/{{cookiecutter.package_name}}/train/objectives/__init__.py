@@ -2,6 +2,7 @@
   losses      the pair losses (sigmoid DPO, IPO, SimPO, ORPO), per pair, from sequence log-probabilities
   logps       per-sequence log-probabilities of packed rows, and the pairs they make
   preference  the preference objective: policy and reference log-probabilities -> pair loss and rewards
+  kto         the KTO objective: unpaired answers labelled desirable or not, against a KL reference point
   reference   reference log-probabilities computed once, stored beside the prepared data, reused
 
 An objective has two methods the step calls:
@@ -19,6 +20,8 @@ import torch
 
 from ... import data
 from ...config import ConfigError
+from ...data.kto import load_labels
+from .kto import KTOObjective
 from .preference import PairObjective
 
 
@@ -38,6 +41,13 @@ def check_data(params, summary: dict | None) -> None:
     if summary is None:
         return
     pairs = summary.get("data") == "pairs"
+    unpaired = summary.get("data") == "kto"
+    if params.train.objective == "kto" and not unpaired:
+        raise ConfigError(f"train.objective=kto needs KTO data (prompt/completion/label records), but "
+                          f"{params.data.prepared_dir} holds {', '.join(summary.get('shapes', [])) or 'supervised'} examples: "
+                          "point data.path at a KTO file and run `prepare`")
+    if params.train.objective != "kto" and unpaired:
+        raise ConfigError(f"{params.data.prepared_dir} holds KTO records (prompt/completion/label): set train.objective=kto")
     if params.train.objective == "dpo" and not pairs:
         raise ConfigError(f"train.objective=dpo needs preference data (prompt/chosen/rejected records), but "
                           f"{params.data.prepared_dir} holds {', '.join(summary.get('shapes', [])) or 'supervised'} examples: "
@@ -53,7 +63,11 @@ def build(params, summary: dict | None, unwrap, reference_source=None):
     cfg = params.train
     if cfg.objective == "sft":
         return NextToken()
-    objective = PairObjective(cfg.preference_loss, cfg.beta, cfg.simpo_gamma, unwrap)
+    if cfg.objective == "kto":
+        labels = torch.from_numpy(load_labels(params.data.prepared_dir).astype("int64"))
+        objective = KTOObjective(cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, unwrap, labels)
+    else:
+        objective = PairObjective(cfg.preference_loss, cfg.beta, cfg.simpo_gamma, unwrap)
     if objective.needs_reference and (cfg.precompute_reference or params.model.init_adapter):
         if reference_source is None:
             raise ValueError("precomputed reference log-probabilities are needed but there is no source for them")

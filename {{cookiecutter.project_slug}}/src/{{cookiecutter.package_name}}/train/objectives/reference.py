@@ -27,7 +27,7 @@ import torch
 
 from ...atomic import atomic_dir
 from ...model.batch import to_device
-from .logps import sequence_logps, sequences_per_row
+from ...model.logps import sequence_logps, sequences_per_row
 
 LOGPS = "logps.npy"
 KEY = "key.json"
