@@ -286,7 +286,8 @@ def test_ci_workflow_passes_on_the_users_params(sky, first_push):
     assert result.jobs() == {"test": "success"}
     steps = result.steps("test")
     assert all(outcome == "success" for outcome in steps.values()) and "Smoke pipeline" in steps, steps
-    summary = re.findall(r"=+ (.*\b\d+ passed\b.*) in [\d.]+s", result.log("test"))
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.log("test"))  # pytest may colour its summary line
+    summary = re.findall(r"=+ (.*\b\d+ passed\b.*) in [\d.]+s", plain)
     assert summary and "failed" not in summary[-1] and "error" not in summary[-1], summary
 
 

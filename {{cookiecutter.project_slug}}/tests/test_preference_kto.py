@@ -186,3 +186,12 @@ def test_prepare_show_marks_a_kto_records_trained_part(prepared):
     text = "\n".join(lines)
     assert "desirable (label true)" in text or "undesirable (label false)" in text
     assert "trained" in text and text.count("--- ") == 2
+
+
+def test_plan_counts_kto_s_reference_forward():
+    from {{ cookiecutter.package_name }}.model.preference_cost import logits_bytes, reference_flops_per_token
+
+    # KTO always has a reference (train.preference_loss does not apply), unless it is precomputed.
+    assert reference_flops_per_token("kto", "simpo", False, 7.0) == 7.0
+    assert reference_flops_per_token("kto", "sigmoid", True, 7.0) == 0.0
+    assert logits_bytes("kto", 2, 3, 5) == logits_bytes("dpo", 2, 3, 5) > 0
