@@ -104,6 +104,32 @@ def test_the_seeds_comparison_two_4090s_against_one_a100_in_one_plan(make_params
         assert f"{offer['hours']:.2f}" in cells and f"{offer['usd_per_run']:.2f}" in cells
 
 
+def seventy_b_config():
+    """Llama 3.1 70B's config.json, as the trainer reads it from the loaded model."""
+    from transformers import LlamaConfig
+
+    shape = plan.KNOWN_SHAPES["llama-3.1-70b"]
+    return LlamaConfig(hidden_size=shape.hidden, num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                       num_key_value_heads=shape.kv_heads, intermediate_size=shape.intermediate, vocab_size=shape.vocab,
+                       tie_word_embeddings=False, max_position_embeddings=131072)
+
+
+def test_under_fsdp_the_trainer_takes_the_micro_batch_and_checkpointing_its_plan_chose(make_params, snapshot):
+    from {{ cookiecutter.package_name }}.train import sharded_fit
+
+    params = make_params(*SEVENTY_B_QLORA, "compute.clouds=[]")
+    four = first_per_machine(plan.make_plan(params))["4x RTX4090"]
+    # What a 4090 reports as its total memory, on each of the 4 processes.
+    fit = sharded_fit.choose_sharded_fit(seventy_b_config(), params, 4, "NVIDIA GeForce RTX 4090", 25_386_352_640)
+    assert fit.micro_batch == four["micro_batch"] == 1
+    assert fit.checkpointed == round(four["gradient_checkpointing"] * 80)
+    # 1024-token rows of a 70B model do not fit a 24 GB card's share without it: the plan counted on it.
+    assert fit.checkpointed > 0
+    # Two such cards cannot hold the 4-bit base at all: refused before training, with the planner's reason.
+    with pytest.raises(ConfigError, match=r"FSDP over 2 GPUs: needs ~[\d.]+ GiB .* more or larger GPUs"):
+        sharded_fit.choose_sharded_fit(seventy_b_config(), params, 2, "NVIDIA GeForce RTX 4090", 25_386_352_640)
+
+
 # ======================================================================== the deadline
 
 

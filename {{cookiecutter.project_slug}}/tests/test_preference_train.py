@@ -213,6 +213,34 @@ def test_init_adapter_starts_the_policy_and_is_the_frozen_reference(prepared, tm
     assert not torch.allclose(base, s.objective.precomputed[[0, 1], : logps.shape[1]], atol=1e-3)
 
 
+def test_init_adapter_from_an_mlflow_run_is_downloaded_once_and_loaded(prepared, tmp_path):
+    import mlflow
+
+    params, _ = prepared
+    policy(params, seed=7).save_pretrained(tmp_path / "sft-adapter")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("sft"))
+    for file in sorted((tmp_path / "sft-adapter").iterdir()):  # at the artifact root, as a finished `train` logs them
+        client.log_artifact(run.info.run_id, str(file))
+    client.set_terminated(run.info.run_id)
+    params = smoke_params(tmp_path, params.model.base, params.data.path, f"data.path={params.data.path}",
+                          f"data.prepared_dir={params.data.prepared_dir}", *SETTINGS,
+                          f"model.init_adapter=runs:/{run.info.run_id}")
+    s = setup(params)
+    saved = load_file(tmp_path / "sft-adapter/adapter_model.safetensors")
+    loaded = {name: p for name, p in s.model.named_parameters() if "lora_" in name}
+    for name, tensor in saved.items():
+        assert torch.equal(loaded[name.replace(".weight", ".default.weight")], tensor)
+    folder = tmp_path / "outputs/init_adapter" / run.info.run_id
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    # A run id MLflow does not know: the key and the store are named, nothing is left half-downloaded.
+    wrong = params.model_copy(update={"model": params.model.model_copy(update={"init_adapter": "runs:/0123456789abcdef"})})
+    with pytest.raises(ConfigError, match=r"model.init_adapter: no adapter in MLflow run runs:/0123456789abcdef at tracking.uri=sqlite"):
+        setup(wrong)
+    assert not (tmp_path / "outputs/init_adapter/0123456789abcdef").exists()
+
+
 def test_an_init_adapter_of_another_rank_names_the_key(prepared, tmp_path):
     params, _ = prepared
     policy(params, seed=None).save_pretrained(tmp_path / "adapter")

@@ -50,7 +50,8 @@ class ModelParams(_Section):
     method: Literal["lora", "qlora", "dora"] = "qlora"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "flash_attention_2", "varlen", "flex_attention", "sdpa", "eager"] = "auto"
-    # An adapter to start from (a folder with adapter_model.safetensors, e.g. an SFT run's outputs/adapter):
+    # An adapter to start from (a folder with adapter_model.safetensors, e.g. an SFT run's outputs/adapter,
+    # or runs:/<run id> of an MLflow run that logged its adapter):
     # the policy starts from it and, for a preference objective, it is the frozen reference.
     init_adapter: str | None = None
 

@@ -38,17 +38,19 @@ class Fit(NamedTuple):
 
 
 def choose_micro_batch(model, rows, params, per_process: int, device: torch.device, sharded: bool,
-                       cpu_choice=None) -> Fit:
+                       cpu_choice=None, sharded_choice=None) -> Fit:
     """Micro-batch, gradient-checkpointed layers and host offloading for this run.
 
     What is set is used as given. On a GPU, `auto` micro-batch or checkpointing probes what
     fits (`largest_that_fits`). On a CPU a step that does not fit is no error but swapping or
     the kernel's OOM killer, so nothing is probed: `cpu_choice(candidates, checkpointing)`
     estimates it against the free RAM (train/host_fit.py); without it, `auto` means
-    min(4, per process) rows and no checkpointing. Under FSDP (`sharded`) the model only fits once it is sharded, and a probe
-    there would run collectives that an out-of-memory error on one GPU could leave hanging:
-    `auto` means 1 row and no checkpointing. `offload_activations: true` checkpoints every
-    layer and offloads; `auto` offloads only when the probe finds nothing else fits.
+    min(4, per process) rows and no checkpointing. Under FSDP (`sharded`) the model only fits
+    once it is sharded, and a probe there would run collectives that an out-of-memory error on
+    one GPU could leave hanging: on a GPU `auto` is the planner's choice for this GPU's memory,
+    `sharded_choice()` (train/sharded_fit.py); elsewhere 1 row and no checkpointing.
+    `offload_activations: true` checkpoints every layer and offloads; `auto` offloads only when
+    the probe finds nothing else fits.
     """
     cfg = params.train
     wanted, checkpointing, offload = cfg.micro_batch, cfg.gradient_checkpointing, cfg.offload_activations
@@ -62,6 +64,12 @@ def choose_micro_batch(model, rows, params, per_process: int, device: torch.devi
     candidates = [m for m in range(per_process, 0, -1) if per_process % m == 0] if wanted == "auto" else [wanted]
     offloaded = offload is True
     if sharded:
+        if sharded_choice is not None and device.type == "cuda" and "auto" in (wanted, checkpointing):
+            fit = sharded_choice()
+            loading.checkpoint_layers(model, fit.checkpointed)
+            if fit.offloaded and not offloaded:
+                offload_layer_inputs(model, device)
+            return fit
         return Fit(candidates[-1], checkpointed, offloaded)
     if device.type != "cuda":
         if cpu_choice is not None and "auto" in (wanted, checkpointing):

@@ -5,6 +5,7 @@
   objectives   what a step optimises, chosen once by train.objective: next-token (SFT) or a preference pair loss
   init_adapter model.init_adapter: the policy starts from a saved adapter
   host_fit     on a CPU: the micro-batch and checkpointing whose estimated step fits the free RAM
+  sharded_fit  under FSDP on GPUs: the micro-batch and checkpointing the planner chose for the GPU's memory
   optim        the optimizer and the learning-rate schedule
   run          the bookkeeping across restarts: resume point, cost, MLflow, stop signals, checkpoint saves
   checkpoints  atomic, verified, resumable checkpoint folders; the cost of every segment

@@ -1,5 +1,9 @@
 """`model.init_adapter`: start training from a saved adapter (e.g. a supervised run's outputs/adapter).
 
+The adapter is a folder, or `runs:/<run id>` (a finished run's adapter files in MLflow, at the
+tracking.uri of params.yaml): those are downloaded once into train.output_dir/init_adapter/<run id>,
+atomically, so a run on another machine (a spot VM, a CI runner) can start from it.
+
 The adapter's weights are loaded into the fresh LoRA matrices that `lora.*` describes; its own
 adapter_config.json must describe the same ones (rank, alpha, target modules, DoRA), or the
 run stops naming the key that differs. A preference run's reference is then this adapter, frozen
@@ -9,11 +13,42 @@ run stops naming the key that differs. A preference run's reference is then this
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+from ..atomic import atomic_dir
 from ..config import ConfigError
 
 WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+RUN_PREFIX = "runs:/"
+
+
+def adapter_folder(value: str, params) -> Path:
+    """The folder `model.init_adapter` names, downloaded first when it is an MLflow run."""
+    if not value.startswith(RUN_PREFIX):
+        return Path(value)
+    run_id, _, subpath = value[len(RUN_PREFIX):].strip("/").partition("/")
+    if not run_id:
+        raise ConfigError(f"model.init_adapter: {value!r} names no run: write runs:/<run id> (the run id MLflow shows)")
+    folder = Path(params.train.output_dir) / "init_adapter" / run_id / subpath
+    if (folder / WEIGHTS).is_file() and (folder / CONFIG).is_file():
+        return folder  # downloaded before (a resumed run, or a second preference run)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with atomic_dir(folder) as tmp:
+            for name in (CONFIG, WEIGHTS):
+                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{subpath}/{name}".lstrip("/"),
+                                                            dst_path=str(tmp / ".download"), tracking_uri=params.tracking.uri)
+                Path(local).rename(tmp / name)
+            shutil.rmtree(tmp / ".download", ignore_errors=True)
+    except (MlflowException, OSError) as err:
+        first = str(getattr(err, "message", err)).splitlines()[0]
+        raise ConfigError(f"model.init_adapter: no adapter in MLflow run {value} at tracking.uri={params.tracking.uri} "
+                          f"({first}); a finished `train` run logs its adapter there unless tracking.log_adapter is false") from None
+    return folder
 
 
 def _targets(value) -> object:
@@ -21,7 +56,7 @@ def _targets(value) -> object:
 
 
 def check_config(folder: Path, params) -> None:
-    config_file = folder / "adapter_config.json"
+    config_file = folder / CONFIG
     if not config_file.is_file():
         raise ConfigError(f"model.init_adapter: {folder} has no adapter_config.json (a PEFT adapter folder, e.g. outputs/adapter)")
     saved = json.loads(config_file.read_text())
@@ -43,7 +78,7 @@ def load_init_adapter(model, path: str, params) -> Path:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    folder = Path(path)
+    folder = adapter_folder(path, params)
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise ConfigError(f"model.init_adapter: {weights} not found (an adapter folder, e.g. outputs/adapter of a finished run)")

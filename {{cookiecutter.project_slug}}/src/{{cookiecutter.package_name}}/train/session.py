@@ -19,7 +19,7 @@ from .. import data
 from ..config import ConfigError, multi_gpu_problem
 from ..model import attention, flops, loading, loss
 from ..model.fit import agree_on_micro_batch, choose_micro_batch
-from . import host_fit, objectives
+from . import host_fit, objectives, sharded_fit
 from .init_adapter import load_init_adapter
 from .objectives import reference
 from .optim import learning_rate_schedule, make_optimizer
@@ -96,6 +96,15 @@ def cpu_choice(config, params, dtype: torch.dtype):
     return choose
 
 
+def sharded_choice(config, params, world: int, device: torch.device):
+    """Under FSDP on a GPU: the planner's micro-batch and checkpointing for this GPU's memory (sharded_fit.py)."""
+    properties = torch.cuda.get_device_properties(device)
+    fit = sharded_fit.choose_sharded_fit(config, params, world, properties.name, properties.total_memory)
+    print(f"FSDP over {world} GPUs: {fit.micro_batch} rows per micro-batch, gradient checkpointing on {fit.checkpointed} "
+          f"layers{', layer inputs in host RAM' if fit.offloaded else ''} (the planner's choice for {properties.total_memory / 2**30:.1f} GiB)")
+    return fit
+
+
 def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | None = None) -> Session:
     """Model + adapter, data, micro-batch, optimizer and schedule, ready for `train_step`.
 
@@ -138,7 +147,8 @@ def setup(params, base=None, tokenizer=None, rows=None, mean_context: float | No
         summary = json.loads((Path(params.data.prepared_dir) / "summary.json").read_text())
         mean_context = summary["train"]["mean_context"]
     per_process = cfg.global_batch // accelerator.num_processes
-    fit = choose_micro_batch(model, rows, params, per_process, device, sharded, cpu_choice=cpu_choice(base.config, params, dtype))
+    fit = choose_micro_batch(model, rows, params, per_process, device, sharded, cpu_choice=cpu_choice(base.config, params, dtype),
+                             sharded_choice=lambda: sharded_choice(base.config, params, accelerator.num_processes, device))
     if accelerator.num_processes > 1 and "auto" in (cfg.micro_batch, cfg.gradient_checkpointing):
         fit = agree_on_micro_batch(fit, model, device)
     micro_batch, checkpointed = fit.micro_batch, fit.checkpointed
