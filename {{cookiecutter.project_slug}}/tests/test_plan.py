@@ -238,7 +238,7 @@ def test_ranked_by_dollars_per_run_not_per_hour(make_params, catalog):
     assert result["candidates"].index("1x L40S") < result["candidates"].index("1x L4")
     for offer in result["ranked"]:
         assert offer["usd_per_run"] == pytest.approx(offer["usd_per_hour"] * offer["hours"], rel=1e-3)
-    assert [o["usd_per_run"] for o in result["ranked"]] == sorted(o["usd_per_run"] for o in result["ranked"])
+    assert [o["expected_usd"] for o in result["ranked"]] == sorted(o["expected_usd"] for o in result["ranked"])
     # The 4-GPU machine is an offer too: data parallel (the model fits one GPU), faster than one L40S.
     four = next(o for o in result["ranked"] if o["instance_type"] == "g6e.12xlarge" and o["spot"])
     assert (four["machine"], four["gpus"], four["strategy"]) == ("4x L40S", 4, "ddp")
@@ -565,7 +565,7 @@ def test_owned_card_break_even_arithmetic(make_params, catalog):
     owned = plan.compare_owned(result, "RTX4090", usd_per_kwh=0.25, watts=400, card_price_usd=1800, payback_months=12)
     hours = next(g for g in result["gpus"] if g["gpu"] == "RTX4090")["compute_hours"]
     energy = hours * 400 / 1000 * 0.25
-    cloud = min(o["usd_per_run"] for o in result["ranked"] if o["spot"])
+    cloud = min(o["expected_usd"] for o in result["ranked"] if o["spot"])
     assert owned["energy_usd"] == pytest.approx(energy)
     assert owned["cloud_usd_per_run"] == pytest.approx(cloud)
     assert owned["break_even_runs"] == pytest.approx(1800 / (cloud - energy))

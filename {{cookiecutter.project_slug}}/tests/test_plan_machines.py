@@ -59,7 +59,7 @@ def test_70b_qlora_is_offered_on_sharded_consumer_cards_beside_one_big_gpu(make_
     assert machines["1x H100"]["strategy"] == "single"
     for offer in result["ranked"]:
         assert offer["peak_gib"] <= plan.usable_gib(plan.GPUS[offer["gpu"]]), offer["machine"]
-    assert [o["usd_per_run"] for o in result["ranked"]] == sorted(o["usd_per_run"] for o in result["ranked"])
+    assert [o["expected_usd"] for o in result["ranked"]] == sorted(o["expected_usd"] for o in result["ranked"])
     # One 24 GB card cannot hold it: excluded with the reason.
     assert any(e["gpu"] == "RTX4090" and "needs ~" in e["reason"] for e in result["excluded"])
 

@@ -26,9 +26,11 @@ def sequences_per_row(position_ids: torch.Tensor) -> int:
 
 
 def sequence_logps(model, batch: dict, sequences: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed log-probabilities, trained tokens) of each sequence: two [rows, sequences] fp32 tensors."""
+    """(summed log-probabilities, trained tokens) of each sequence: two [rows, sequences] tensors, in
+    fp32 (fp64 for a float64 model: its precision is kept, never rounded down)."""
     inputs = {key: value for key, value in batch.items() if key != "labels"}
-    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    logits = model(**inputs, use_cache=False).logits[:, :-1]
+    logits = logits if logits.dtype == torch.float64 else logits.float()
     targets = batch["labels"][:, 1:]
     trained = targets != IGNORE
     # Cross-entropy per token is -log p(label); computed without keeping a log-softmax of every logit.
@@ -36,10 +38,10 @@ def sequence_logps(model, batch: dict, sequences: int | None = None) -> tuple[to
     token_logps = torch.where(trained, -nll, torch.zeros_like(nll))
     which = sequence_ids(batch["position_ids"])[:, 1:]
     sequences = sequences or sequences_per_row(batch["position_ids"])
-    sums = torch.zeros(len(targets), sequences, dtype=torch.float32, device=logits.device)
+    sums = torch.zeros(len(targets), sequences, dtype=logits.dtype, device=logits.device)
     counts = torch.zeros_like(sums)
     sums = sums.scatter_add(1, which, token_logps)
-    counts = counts.scatter_add(1, which, trained.float())
+    counts = counts.scatter_add(1, which, trained.to(sums.dtype))
     return sums, counts
 
 

@@ -1,7 +1,8 @@
 """Every offer as a machine, planned and priced: the strategy for it (strategy.py; several nodes
 when one is not enough), dollars per RUN for spot and on-demand (a machine 3x faster at 2x the
-hourly price is the cheaper one), the expected cost with preemptions (spot.py), the Pareto front
-of dollars against hours, and the machines that cannot hold the run, with the reason."""
+hourly price is the cheaper one), the expected cost with preemptions (spot.py) by which the
+offers are ranked, the Pareto front of dollars against hours, and the machines that cannot hold
+the run, with the reason."""
 
 from __future__ import annotations
 
@@ -68,8 +69,10 @@ def plan_offers(shape: ModelShape, setup: TrainSetup, params: Params, work: dict
                 "source": offer.source,
             })
     ranked = _cheapest_per_offer(ranked)
-    ranked.sort(key=lambda o: (o["usd_per_run"], o["hours"], o["machine"], o["cloud"]))
     _add_preemptions(ranked, params, work)
+    # By the expected dollars: a spot offer that runs longer (or on more nodes) is preempted more
+    # often, and each preemption costs a restart and lost steps; on-demand offers as planned.
+    ranked.sort(key=lambda o: (o["expected_usd"], o["hours"], o["machine"], o["cloud"]))
     _mark_pareto_front(ranked)
     for rank, offer in enumerate(ranked, start=1):
         offer["rank"] = rank

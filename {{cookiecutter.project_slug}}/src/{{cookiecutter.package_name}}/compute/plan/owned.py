@@ -52,14 +52,14 @@ def compare_owned(
         "owned_usd_per_run": energy + amortisation,
         "card_price_usd": card_price,
         "cloud": cloud,
-        "cloud_usd_per_run": cloud["usd_per_run"] if cloud else None,
+        "cloud_usd_per_run": cloud["expected_usd"] if cloud else None,  # with its expected preemptions
         "savings_per_run_usd": None,
         "break_even_runs": None,
         "break_even_runs_per_month": None,
         "payback_months": payback_months,
     }
     if cloud and card_price:
-        savings = cloud["usd_per_run"] - energy
+        savings = cloud["expected_usd"] - energy
         result["savings_per_run_usd"] = savings
         if savings > 0:
             result["break_even_runs"] = card_price / savings

@@ -22,11 +22,11 @@ def plot_offers(plan: dict, path: str | Path) -> dict:
     """Write the PNG; returns what was plotted: the points, the two marked ones, and `drawn`,
     the points matplotlib actually holds (so a test checks the picture, not just the input)."""
     path = check_plot_path(path)
-    points = [{key: offer[key] for key in ("machine", "gpu", "cloud", "spot", "hours", "usd_per_run")}
+    points = [{key: offer[key] for key in ("machine", "gpu", "cloud", "spot", "hours", "usd_per_run", "expected_usd")}
               for offer in plan["ranked"]]
     if not points:
         raise ConfigError(f"--plot {path}: no offer to plot (no GPU that fits has a price)")
-    cheapest = min(points, key=lambda p: (p["usd_per_run"], p["hours"]))
+    cheapest = min(points, key=lambda p: (p["expected_usd"], p["hours"]))  # as the plan ranks them
     fastest = min(points, key=lambda p: (p["hours"], p["usd_per_run"]))  # the cheapest of the fastest GPU's offers
 
     import matplotlib

@@ -166,7 +166,8 @@ def render_owned(owned: dict) -> str:
     if owned["cloud"]:
         c = owned["cloud"]
         kind = "spot" if c["spot"] else "on-demand"
-        lines.append(f"  cheapest cloud: {_usd(c['usd_per_run'])} per run ({c['gpu']} {kind} on {c['cloud']})")
+        lines.append(f"  cheapest cloud: {_usd(owned['cloud_usd_per_run'])} per run, preemptions expected "
+                     f"({c['gpu']} {kind} on {c['cloud']})")
     if owned["break_even_runs"]:
         lines.append(
             f"  buying it (${owned['card_price_usd']:,.0f}) pays off after {owned['break_even_runs']:.0f} runs:"

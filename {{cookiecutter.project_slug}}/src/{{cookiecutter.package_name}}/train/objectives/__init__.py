@@ -1,6 +1,4 @@
 """What a training step optimises, chosen once by `train.objective` (the loop never branches on it):
-  losses      the pair losses (sigmoid DPO, IPO, SimPO, ORPO), per pair, from sequence log-probabilities
-  logps       per-sequence log-probabilities of packed rows, and the pairs they make
   preference  the preference objective: policy and reference log-probabilities -> pair loss and rewards
   kto         the KTO objective: unpaired answers labelled desirable or not, against a KL reference point
   reference   reference log-probabilities computed once, stored beside the prepared data, reused
@@ -9,7 +7,10 @@ An objective has two methods the step calls:
   items(rows, batch_rows) -> int     what the global batch's loss is divided by (trained tokens, pairs)
   loss(model, batch, micro, items)   -> (this micro-batch's share of the loss, {metric: share of its mean})
 
-Imports: model (batches), data (the IGNORE label), config, atomic.
+The pair losses (model/pair_losses.py) and per-sequence log-probabilities (model/logps.py) live in
+model, because `evaluate` scores held-out pairs with the same code.
+
+Imports: model (batches, log-probabilities, pair losses), data (the IGNORE label), config, atomic.
 """
 
 from __future__ import annotations
