@@ -619,3 +619,20 @@ def test_the_longest_row_stops_at_the_models_positions(make_params):
     # On a card where memory runs out first, memory is named.
     small = plan.longest_row(replace(shape, max_positions=10**7), plan.base_setup(params), params, plan.GPUS["T4"])
     assert 0 < small["tokens"] < 10**7 and small["bound"] == "memory"
+
+
+def test_a_preference_run_is_planned_with_its_whole_logits(make_params):
+    """The preference step scores every token from the whole logits (model/logps.py), not in the
+    SFT loss's chunks: the plan counts them, which for a 128k vocabulary at 4096 tokens is GiBs."""
+    common = ("model.base=meta-llama/Llama-3.1-8B", "data.max_length=4096", "train.chunked_loss=true")
+    sft = replace(plan.base_setup(make_params(*common)), micro_batch=1)
+    dpo = replace(plan.base_setup(make_params(*common, "train.objective=dpo")), micro_batch=1)
+    kto = replace(plan.base_setup(make_params(*common, "train.objective=kto", "train.liger_kernels=true")), micro_batch=1)
+    assert (sft.loss, dpo.loss, kto.loss) == ("chunked", "hf", "hf")
+    shape = plan.KNOWN_SHAPES["llama-3.1-8b"]
+    whole = plan.logits_bytes_per_token(shape, dpo) * 4096
+    assert plan.logits_and_loss_bytes(shape, dpo) == whole
+    assert whole > 4 * plan.logits_and_loss_bytes(shape, sft) and whole > 5 * 2**30
+    # In the peak (with the allocator's overhead on top): the difference is at least the logits'.
+    grown = plan.estimate_memory(shape, dpo).total - plan.estimate_memory(shape, sft).total
+    assert whole - plan.logits_and_loss_bytes(shape, sft) <= grown <= 1.2 * whole

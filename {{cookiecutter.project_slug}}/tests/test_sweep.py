@@ -424,7 +424,11 @@ def test_a_dry_run_prices_and_prints_without_a_tracking_server(tmp_path, prices,
     out = result.stdout
     for variant, r in zip(variants, ["2", "4"], strict=True):
         price = sweep._usd(variant.estimate["usd_per_run"])
-        assert any(line.split()[:3] == [variant.name, r, price] for line in out.splitlines() if line.strip())
+        # The offer is the whole machine the plan priced ("1x L4 spot on aws"), not one card of it.
+        kind = "spot" if variant.estimate["spot"] else "on-demand"
+        offer = f"{variant.estimate['machine']} {kind} on {variant.estimate['cloud']}"
+        assert any(line.split()[:3] == [variant.name, r, price] and line.rstrip().endswith(offer)
+                   for line in out.splitlines() if line.strip()), out
         assert f"# {variant.name}: " in out and "jobs launch -y -n " in out and f"-sw-dry-{variant.name} " in out
     assert f"total {sweep._usd(total)} for 2 variants: within the sweep budget" in out
     assert f"note: the real sweep needs an MLflow server, not {uri!r}" in out

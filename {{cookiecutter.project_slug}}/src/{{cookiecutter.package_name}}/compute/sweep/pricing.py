@@ -39,7 +39,8 @@ def price_table(variants: list[Variant], total: float, budget: float) -> str:
     rows = []
     for v in variants:
         offer = v.estimate or {}
-        where = f"{offer.get('gpu', '?')} {'spot' if offer.get('spot') else 'on-demand'} on {offer.get('cloud', '?')}"
+        machine = offer.get("machine") or offer.get("gpu", "?")  # "4x RTX4090": the whole machine, not one card
+        where = f"{machine} {'spot' if offer.get('spot') else 'on-demand'} on {offer.get('cloud', '?')}"
         rows.append([v.name, *(v.varying[k] for k in keys), _usd(offer.get("usd_per_run")), where])
     verdict = "within" if total <= budget else "OVER"
     return _table(header, rows) + f"\ntotal {_usd(total)} for {len(variants)} variants: {verdict} the sweep budget {_usd(budget)}\n"
