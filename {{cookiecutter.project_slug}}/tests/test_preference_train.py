@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.config import ConfigError
 from {{ cookiecutter.package_name }}.model import loading
+from {{ cookiecutter.package_name }}.model import logps as logps_module
 from {{ cookiecutter.package_name }}.model.batch import to_device
 from {{ cookiecutter.package_name }}.train import objectives, setup, train
-from {{ cookiecutter.package_name }}.model import logps as logps_module
 from {{ cookiecutter.package_name }}.train.objectives import reference
 from {{ cookiecutter.package_name }}.train.objectives.preference import adapter_off_logps, pair_terms
 
