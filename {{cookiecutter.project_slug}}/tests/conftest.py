@@ -41,9 +41,18 @@ PARAMS = PROJECT / "params.yaml"
 
 @pytest.fixture(autouse=True)
 def _quiet_offline_env(monkeypatch):
+    """Every test starts from the same environment and leaves nothing in it. Libraries write to
+    os.environ behind a test's back (mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI for the whole
+    process), and a later training in the same pytest-xdist worker would follow it: its run would go
+    to another test's store."""
+    saved = dict(os.environ)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    os.environ.update(saved)
 
 
 @pytest.fixture(autouse=True)

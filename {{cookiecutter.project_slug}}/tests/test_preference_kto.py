@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.data import kto as kto_data
@@ -157,10 +158,9 @@ def test_a_kto_run_trains_and_logs_its_metrics(prepared, tmp_path):
     # At step 0 the policy is the reference: r = z = 0 and every loss 1 - sigmoid(0) = 0.5 times its weight.
     assert 0.5 <= losses[0] <= 0.5 * 1.5 + 1e-6
     assert losses[-1] < losses[0]
-    import mlflow
-
-    mlflow.set_tracking_uri(params.tracking.uri)
-    [run] = mlflow.search_runs(experiment_names=[params.tracking.experiment], output_format="list")
+    # A client, not mlflow.set_tracking_uri: that sets MLFLOW_TRACKING_URI for the whole process.
+    client = MlflowClient(params.tracking.uri)
+    [run] = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])
     assert {"kl", "signed_reward", "label_accuracy"} <= set(run.data.metrics)
     assert (adapter / "adapter_model.safetensors").is_file()
 

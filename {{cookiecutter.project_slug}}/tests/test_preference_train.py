@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from {{ cookiecutter.package_name }} import data
@@ -131,10 +132,9 @@ def test_a_training_run_logs_log_2_first_and_the_preference_metrics(prepared, tm
     adapter = train(params, resume="never", log=lambda *_: None)
     losses = [float(line.split(",")[1]) for line in (tmp_path / "outputs/train_loss.csv").read_text().splitlines()[1:]]
     assert losses[0] == pytest.approx(math.log(2), abs=1e-6) and losses[-1] < losses[0]
-    import mlflow
-
-    mlflow.set_tracking_uri(params.tracking.uri)
-    [run] = mlflow.search_runs(experiment_names=[params.tracking.experiment], output_format="list")
+    # A client, not mlflow.set_tracking_uri: that sets MLFLOW_TRACKING_URI for the whole process.
+    client = MlflowClient(params.tracking.uri)
+    [run] = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])
     for name in ("reward_chosen", "reward_rejected", "reward_margin", "preference_accuracy"):
         assert name in run.data.metrics
     assert run.data.params["train.objective"] == "dpo"

@@ -19,10 +19,7 @@ from conftest import smoke_params
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir, sample_data):
     """One short training run shared by the tests of this module."""
-    # flush_timeout_s: on a loaded CI machine the store's first writes can take longer than the
-    # default minute, and the run would stay in the spool (found "not found" in 2 of 3 CI runs).
-    params = smoke_params(tmp_path_factory.mktemp("run"), tiny_model_dir, sample_data, "cost.hourly_usd=2.5",
-                          "tracking.flush_timeout_s=600")
+    params = smoke_params(tmp_path_factory.mktemp("run"), tiny_model_dir, sample_data, "cost.hourly_usd=2.5")
     data.prepare(params, log=lambda *_: None)
     adapter = train(params, log=lambda *_: None)
     metrics = evaluate(params, log=lambda *_: None)
