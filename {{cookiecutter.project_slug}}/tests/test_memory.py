@@ -15,6 +15,7 @@ from {{ cookiecutter.package_name }}.compute import plan
 from {{ cookiecutter.package_name }}.config import ConfigError
 from {{ cookiecutter.package_name }}.model import attention, loading, loss, offload
 from {{ cookiecutter.package_name }}.model.fit import choose_micro_batch
+from {{ cookiecutter.package_name }}.model.logps import sequence_logps
 
 MIB = 2**20
 quiet = {"log": lambda *_: None}
@@ -90,6 +91,47 @@ def test_chunked_loss_equals_the_plain_loss_with_adapters(make_params, method):
         results.append(loss_and_gradients(model, packed_batch(base.config.vocab_size), num_items_in_batch=70))
     assert any("lora_magnitude" in name for name in results[0][1]) == (method == "dora")
     assert_same_update(*results)
+
+
+def sequence_logps_and_gradients(model, batch):
+    logps, counts = sequence_logps(model, batch)
+    (logps * torch.arange(1, logps.numel() + 1, dtype=logps.dtype).view_as(logps)).sum().backward()  # a weight per sequence
+    gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return logps.detach(), counts, gradients
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied-embeddings", "untied"])
+def test_preference_log_probabilities_in_chunks_equal_the_whole_logits(tied):
+    """The preference objectives' per-sequence log-probabilities (model/logps.py) through the
+    chunked forward (chunks of 7 tokens), in float64 under a LoRA adapter with random B
+    matrices: the same sums and the same gradients as from the whole logits, and the same
+    adapter-off reference."""
+    from peft import LoraConfig, get_peft_model
+
+    results = []
+    for chunked in (False, True):
+        base = random_llama(tied=tied).double()
+        if chunked:
+            assert loss.use_chunked_loss(base, chunk=7)
+        torch.manual_seed(0)
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                                init_lora_weights=False))
+        assert loss.in_chunks(model) == chunked
+        batch = packed_batch(1000)
+        logps, counts, gradients = sequence_logps_and_gradients(model, batch)
+        with torch.no_grad(), model.disable_adapter():
+            reference, _ = sequence_logps(model, batch)
+        results.append((logps, counts, gradients, reference))
+    (plain, plain_counts, plain_grads, plain_ref), (chunked, chunked_counts, chunked_grads, chunked_ref) = results
+    assert plain.dtype == torch.float64 and plain.shape == (2, 2)
+    assert torch.equal(chunked_counts, plain_counts) and plain_counts.tolist() == [[6, 20]] * 2  # trained tokens 24-29 and 30-49
+    torch.testing.assert_close(chunked, plain, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(chunked_ref, plain_ref, rtol=1e-12, atol=1e-12)
+    assert (chunked - chunked_ref).abs().max() > 0.1  # the adapter moves the sequences: the reference is not the policy
+    assert plain_grads and chunked_grads.keys() == plain_grads.keys()
+    for name, gradient in plain_grads.items():
+        torch.testing.assert_close(chunked_grads[name], gradient, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_chunked_loss_is_kept_off_where_the_loss_is_more_than_cross_entropy():
@@ -172,6 +214,32 @@ def test_chunked_loss_peak_memory_measured_and_as_planned():
     print(f"whole step: {whole_plain / MIB:.0f} MiB with transformers' loss, {whole_chunked / MIB:.0f} MiB chunked "
           f"({whole_plain / whole_chunked:.1f}x)")
     assert whole_chunked < whole_plain / 5
+
+
+def test_a_preference_step_never_holds_the_whole_logits():
+    """The preference step's log-probabilities and their backward (model/logps.py), for a pair of
+    2,048-token answers in one 4,096-token row of a 16,384-word vocabulary: measured with the
+    whole logits, then with the chunked forward the trainer uses."""
+    vocab, tokens, hidden = 16384, 4096, 64
+    model = random_llama(vocab=vocab, tied=False, layers=1)
+    for p in model.parameters():
+        p.requires_grad_(p.dim() == 2 and p.shape == (hidden, 128))  # the base frozen, as with LoRA
+    ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, [0, tokens // 2]] = data.IGNORE  # each answer's first token is its prompt
+    batch = {"input_ids": ids, "labels": labels, "position_ids": torch.arange(tokens // 2).repeat(1, 2)}
+    model.train()
+
+    def step():
+        logps, _ = sequence_logps(model, batch)
+        logps.sum().backward()
+
+    whole = peak_allocated(step)
+    assert loss.use_chunked_loss(model, chunk=loss.chunk_tokens(vocab, budget_bytes=16 * MIB))
+    chunked = peak_allocated(step)
+    print(f"preference step: {whole / MIB:.0f} MiB from the whole logits, {chunked / MIB:.0f} MiB in chunks "
+          f"({whole / chunked:.1f}x)")
+    assert chunked < whole / 5
 
 
 def test_fsdp_with_the_loss_in_chunks_trains_like_one_process(make_params, tmp_path, monkeypatch):

@@ -621,18 +621,22 @@ def test_the_longest_row_stops_at_the_models_positions(make_params):
     assert 0 < small["tokens"] < 10**7 and small["bound"] == "memory"
 
 
-def test_a_preference_run_is_planned_with_its_whole_logits(make_params):
-    """The preference step scores every token from the whole logits (model/logps.py), not in the
-    SFT loss's chunks: the plan counts them, which for a 128k vocabulary at 4096 tokens is GiBs."""
-    common = ("model.base=meta-llama/Llama-3.1-8B", "data.max_length=4096", "train.chunked_loss=true")
+def test_a_preference_run_is_planned_with_its_logits_in_chunks_unless_liger_or_asked_otherwise(make_params):
+    """The preference step takes its tokens' log-probabilities from the chunked forward
+    (model/logps.py): planned like a supervised step. With Liger's forward, or
+    train.chunked_loss=false, it holds the whole logits: for a 128k vocabulary at 4096 tokens, GiBs."""
+    common = ("model.base=meta-llama/Llama-3.1-8B", "data.max_length=4096")
     sft = replace(plan.base_setup(make_params(*common)), micro_batch=1)
     dpo = replace(plan.base_setup(make_params(*common, "train.objective=dpo")), micro_batch=1)
+    whole_dpo = replace(plan.base_setup(make_params(*common, "train.objective=dpo", "train.chunked_loss=false")), micro_batch=1)
     kto = replace(plan.base_setup(make_params(*common, "train.objective=kto", "train.liger_kernels=true")), micro_batch=1)
-    assert (sft.loss, dpo.loss, kto.loss) == ("chunked", "hf", "hf")
+    fused_sft = plan.base_setup(make_params(*common, "train.liger_kernels=true"))
+    assert (sft.loss, dpo.loss, whole_dpo.loss, kto.loss, fused_sft.loss) == ("chunked", "chunked", "hf", "hf", "fused")
     shape = plan.KNOWN_SHAPES["llama-3.1-8b"]
-    whole = plan.logits_bytes_per_token(shape, dpo) * 4096
-    assert plan.logits_and_loss_bytes(shape, dpo) == whole
-    assert whole > 4 * plan.logits_and_loss_bytes(shape, sft) and whole > 5 * 2**30
+    assert plan.estimate_memory(shape, dpo).total == plan.estimate_memory(shape, sft).total
+    whole = plan.logits_bytes_per_token(shape, whole_dpo) * 4096
+    assert plan.logits_and_loss_bytes(shape, whole_dpo) == plan.logits_and_loss_bytes(shape, kto) == whole
+    assert whole > 4 * plan.logits_and_loss_bytes(shape, dpo) and whole > 5 * 2**30
     # In the peak (with the allocator's overhead on top): the difference is at least the logits'.
-    grown = plan.estimate_memory(shape, dpo).total - plan.estimate_memory(shape, sft).total
-    assert whole - plan.logits_and_loss_bytes(shape, sft) <= grown <= 1.2 * whole
+    grown = plan.estimate_memory(shape, whole_dpo).total - plan.estimate_memory(shape, dpo).total
+    assert whole - plan.logits_and_loss_bytes(shape, dpo) <= grown <= 1.2 * whole

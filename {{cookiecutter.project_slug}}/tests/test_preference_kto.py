@@ -146,7 +146,9 @@ def test_kto_loss_equals_an_independent_computation(prepared, kto_file):
     assert True in expected_labels and False in expected_labels
     assert ours == pytest.approx(expected, abs=1e-5, rel=1e-5)
     assert float(loss) == pytest.approx(sum(expected) / items, abs=1e-5)
-    assert float(stats["kl"]) == pytest.approx(z, abs=1e-5)
+    # z is a difference of whole-sequence log-probability sums (tens of nats each), packed against
+    # alone in fp32: they differ by up to ~2e-5 with some tiny models. A wrong pairing or mask moves it by 1e-2.
+    assert float(stats["kl"]) == pytest.approx(z, abs=1e-4)
 
 
 def test_a_kto_run_trains_and_logs_its_metrics(prepared, tmp_path):
@@ -189,9 +191,8 @@ def test_prepare_show_marks_a_kto_records_trained_part(prepared):
 
 
 def test_plan_counts_kto_s_reference_forward():
-    from {{ cookiecutter.package_name }}.model.preference_cost import logits_bytes, reference_flops_per_token
+    from {{ cookiecutter.package_name }}.model.preference_cost import reference_flops_per_token
 
     # KTO always has a reference (train.preference_loss does not apply), unless it is precomputed.
     assert reference_flops_per_token("kto", "simpo", False, 7.0) == 7.0
     assert reference_flops_per_token("kto", "sigmoid", True, 7.0) == 0.0
-    assert logits_bytes("kto", 2, 3, 5) == logits_bytes("dpo", 2, 3, 5) > 0

@@ -24,7 +24,7 @@ import torch
 from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.data.pairs import encode_all, pack_pairs
 from {{ cookiecutter.package_name }}.data.shapes import normalise
-from {{ cookiecutter.package_name }}.model import loading
+from {{ cookiecutter.package_name }}.model import loading, loss
 from {{ cookiecutter.package_name }}.model.batch import to_device
 from {{ cookiecutter.package_name }}.model.logps import sequence_logps
 from {{ cookiecutter.package_name }}.train import train
@@ -60,8 +60,10 @@ def test_per_pair_dpo_loss_equals_trls_dpo_trainer(real_model, preference_record
     tokenizer = AutoTokenizer.from_pretrained(real_model)
     # Eager attention on both sides: the same attention arithmetic for packed and padded rows (the
     # fused kernels sum in another order per layout, which moves a 200-token log-probability by ~1e-3).
-    ours_model = get_peft_model(AutoModelForCausalLM.from_pretrained(real_model, dtype=dtype, attn_implementation="eager"),
-                                lora_config()).to(dtype)
+    base = AutoModelForCausalLM.from_pretrained(real_model, dtype=dtype, attn_implementation="eager")
+    # The trainer's forward (loss.py): log-probabilities over chunks of 97 tokens, never the whole logits.
+    assert loss.use_chunked_loss(base, chunk=97)
+    ours_model = get_peft_model(base, lora_config()).to(dtype)
     generator = torch.Generator().manual_seed(0)
     for name, parameter in ours_model.named_parameters():
         if "lora_B" in name:

@@ -49,6 +49,7 @@ def prepared(tmp_path_factory, tiny_model_dir, preference_data):
 
 def policy(params, seed: int | None):
     """The tiny base with a LoRA adapter; its B matrices random (policy != reference) unless seed is None."""
+    torch.manual_seed(seed or 0)  # the A matrices: the same whatever ran before in this process
     model = loading.add_adapter(loading.load_base_model(params, torch.device("cpu")), params)
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)

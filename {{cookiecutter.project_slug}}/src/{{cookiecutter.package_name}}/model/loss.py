@@ -9,6 +9,9 @@ per chunk) instead of being kept. Per-chunk sums are fp32 and the total is divid
 trained tokens of the whole global batch, as transformers' loss does with
 `num_items_in_batch`: the same loss and the same gradients, in a fraction of the memory.
 
+The preference objectives need each token's log-probability, not one sum: with
+`token_logps=True` the same forward returns them, chunk by chunk the same way (logps.py).
+
 When all the tokens fit in one chunk nothing is recomputed: where memory is not the limit
 the step is transformers' own computation. Pure PyTorch: CPU and GPU, PEFT LoRA / QLoRA /
 DoRA (a LoRA'd or tied output layer included), DDP and FSDP, compiled decoder layers or not.
@@ -18,12 +21,15 @@ Liger's fused linear cross-entropy, when installed on a GPU, replaces this (`tra
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from transformers.utils import ModelOutput
 
 IGNORE = -100
+IN_CHUNKS = "computes_its_loss_in_chunks"  # set on a model use_chunked_loss patched
 # fp32 logits of one chunk: 512 tokens of a 128k vocabulary. Large enough for full-speed
 # matmuls on a GPU, small next to the weights.
 CHUNK_LOGITS_BYTES = 256 * 2**20
@@ -67,6 +73,36 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: t
     return total / num_items_in_batch
 
 
+def chunked_token_logps(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
+                        chunk: int | None = None, vocab: int | None = None) -> torch.Tensor:
+    """log p(label of token t + 1 | tokens up to t) for every token t, chunk by chunk: (rows, tokens),
+    fp32 (fp64 for a float64 model). Where the next label is IGNORE (and at each row's last token)
+    the value is that of token id 0: the caller keeps only trained tokens."""
+    shifted = F.pad(labels, (0, 1), value=IGNORE)[..., 1:].reshape(-1).clamp(min=0).to(hidden.device)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    chunk = chunk or chunk_tokens(vocab or head.weight.shape[0])
+
+    def chunk_logps(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = head(h)
+        logits = logits if logits.dtype == torch.float64 else logits.float()
+        # -cross-entropy per token is log p(label), without a log-softmax of every logit kept.
+        return -F.cross_entropy(logits, y, reduction="none")
+
+    if flat.shape[0] <= chunk:
+        per_token = chunk_logps(flat, shifted)
+    else:
+        pieces = zip(flat.split(chunk), shifted.split(chunk), strict=True)
+        per_token = torch.cat([checkpoint(chunk_logps, h, y, use_reentrant=False) for h, y in pieces])
+    return per_token.view(labels.shape)
+
+
+@dataclass
+class TokenLogps(ModelOutput):
+    """What the chunked forward returns for `token_logps=True`."""
+
+    token_logps: torch.Tensor | None = None
+
+
 def supports(config) -> bool:
     return not any(getattr(config, name, None) for name in UNSUPPORTED_CONFIG)
 
@@ -83,13 +119,23 @@ def use_chunked_loss(model, chunk: int | None = None) -> bool:
     original = model.forward
 
     @functools.wraps(original)
-    def forward(input_ids=None, labels=None, num_items_in_batch=None, logits_to_keep=0, **kwargs):
+    def forward(input_ids=None, labels=None, num_items_in_batch=None, logits_to_keep=0, token_logps=False, **kwargs):
         if labels is None:
             return original(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
         outputs = model.base_model(input_ids=input_ids, **kwargs)
+        if token_logps:
+            return TokenLogps(chunked_token_logps(outputs.last_hidden_state, model.get_output_embeddings(), labels,
+                                                  chunk, config.vocab_size))
         loss = chunked_cross_entropy(outputs.last_hidden_state, model.get_output_embeddings(), labels,
                                      config.vocab_size, num_items_in_batch, chunk)
         return CausalLMOutputWithPast(loss=loss, logits=None)
 
     model.forward = forward  # on the instance: PEFT, DDP and FSDP all end up calling it
+    setattr(model, IN_CHUNKS, True)  # logps.py looks for it under the wrappers
     return True
+
+
+def in_chunks(model: torch.nn.Module) -> bool:
+    """Does `model` (or the transformers model under its PEFT / DDP / FSDP wrappers) take
+    `token_logps=True`, i.e. did `use_chunked_loss` patch it?"""
+    return any(getattr(module, IN_CHUNKS, False) for module in model.modules())

@@ -5,8 +5,9 @@ rows' tokens. What is added is the reference: one more forward pass over every t
 (2 x matmul parameters + attention, no backward) for the losses that have one, unless its
 log-probabilities are precomputed (`train.precompute_reference`, or `model.init_adapter`,
 where they are computed once over the training rows: one forward per row, not per step).
-SimPO and ORPO have no reference. Memory: the policy's logits of a micro-batch are kept in
-fp32 with their gradient (the chunked supervised loss never holds them whole).
+SimPO and ORPO have no reference. Memory: as a supervised step's on the same rows, since
+the tokens' log-probabilities come from the chunked forward (model/loss.py); with Liger's
+forward or train.chunked_loss=false the whole fp32 logits are held, and planned so.
 """
 
 from __future__ import annotations
@@ -24,7 +25,3 @@ def reference_flops_per_token(objective: str, loss: str, precomputed: bool, forw
     """FLOPs per trained-row token that the reference adds to a step (0 for supervised or reference-free runs)."""
     return forward_flops_per_token if reference_forward_per_step(objective, loss, precomputed) else 0.0
 
-
-def logits_bytes(objective: str, rows: int, tokens: int, vocab: int) -> int:
-    """Bytes of the fp32 logits and their gradient that a preference micro-batch holds (0 for supervised)."""
-    return 0 if objective == "sft" else 2 * 4 * rows * tokens * vocab

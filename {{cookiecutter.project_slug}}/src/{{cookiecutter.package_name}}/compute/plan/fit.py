@@ -27,10 +27,11 @@ def base_setup(params: Params) -> TrainSetup:
         # varlen beyond attention.LONG_ROW_TOKENS, as training switches to it there.
         attention=attention.planned(params.model.attn_implementation, params.data.max_length),
         # Liger on `auto` depends on the GPU machine's packages: planned as loss.py's chunked loss.
-        # A preference objective scores every token's log-probability from the whole logits
-        # (model/logps.py), neither chunked nor fused: planned as transformers' loss.
-        loss=("hf" if params.train.objective != "sft" else "fused" if params.train.liger_kernels is True
-              else "chunked" if params.train.chunked_loss else "hf"),
+        # A preference objective takes its tokens' log-probabilities from the same chunked forward
+        # (model/logps.py); Liger's forward gives it the whole logits instead: planned as transformers'.
+        loss=("fused" if params.train.liger_kernels is True and params.train.objective == "sft"
+              else "hf" if params.train.liger_kernels is True or not params.train.chunked_loss
+              else "chunked"),
         dtype_bytes=4 if params.model.dtype == "float32" else 2,
         optimizer=params.train.optimizer,
     )
