@@ -42,7 +42,7 @@ $(SKY_VENV)/.installed:
 test: install $(SKY_VENV)/.installed  ## the template's tests: bake matrix, hooks, linters, the baked project's own suite
 	@# The baked project's export tests run llama.cpp from the node-llama-cpp that `install` put in .ci/node.
 	SKY_PYTHON=$(CURDIR)/$(SKY_VENV)/bin/python NODE_LLAMA_CPP_MODULES=$(CURDIR)/.ci/node/node_modules \
-	  $(PY) -m pytest -n 2 --dist loadfile tests
+	  $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder tests
 
 lint: install
 	$(PY) -m ruff check hooks tests benchmarks
