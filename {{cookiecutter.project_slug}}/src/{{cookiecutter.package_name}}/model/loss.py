@@ -44,6 +44,20 @@ def chunk_tokens(vocab: int, budget_bytes: int | None = None) -> int:
     return max(1, (budget_bytes or CHUNK_LOGITS_BYTES) // (4 * vocab))
 
 
+def _over_chunks(compute, hidden: torch.Tensor, labels: torch.Tensor, chunk: int, clamp: bool = False) -> list[torch.Tensor]:
+    """`compute(hidden states, next-token labels)` over chunks of the flattened tokens, each chunk
+    recomputed in backward; one call, nothing recomputed, when the tokens fit in one chunk. Labels
+    are shifted as transformers shifts them (token t predicts t + 1); `clamp`: IGNORE becomes id 0."""
+    shifted = F.pad(labels, (0, 1), value=IGNORE)[..., 1:].reshape(-1).to(hidden.device)
+    shifted = shifted.clamp(min=0) if clamp else shifted
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    if flat.shape[0] <= chunk:
+        return [compute(flat, shifted)]
+    # One split (not a slice per chunk): backward assembles the hidden states' gradient once.
+    pieces = zip(flat.split(chunk), shifted.split(chunk), strict=True)
+    return [checkpoint(compute, h, y, use_reentrant=False) for h, y in pieces]
+
+
 def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, vocab: int,
                           num_items_in_batch=None, chunk: int | None = None) -> torch.Tensor:
     """Causal-LM cross-entropy of `head(hidden)` against `labels`, chunk by chunk.
@@ -53,34 +67,23 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: t
     Divided by `num_items_in_batch` when given (the global batch's trained tokens), else by
     this batch's trained tokens.
     """
-    shifted = F.pad(labels, (0, 1), value=IGNORE)[..., 1:].reshape(-1).to(hidden.device)
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    chunk = chunk or chunk_tokens(vocab)
 
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(head(h).float(), y, ignore_index=IGNORE, reduction="sum")
 
-    if flat.shape[0] <= chunk:
-        total = chunk_loss(flat, shifted)
-    else:
-        # One split (not a slice per chunk): backward assembles the hidden states' gradient once.
-        pieces = zip(flat.split(chunk), shifted.split(chunk), strict=True)
-        total = sum(checkpoint(chunk_loss, h, y, use_reentrant=False) for h, y in pieces)
+    total = sum(_over_chunks(chunk_loss, hidden, labels, chunk or chunk_tokens(vocab)))
     if num_items_in_batch is None:
-        return total / (shifted != IGNORE).sum()
+        return total / (labels[..., 1:] != IGNORE).sum().to(total.device)
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(total.device)
     return total / num_items_in_batch
 
 
-def chunked_token_logps(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
-                        chunk: int | None = None, vocab: int | None = None) -> torch.Tensor:
+def chunked_token_logps(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, vocab: int,
+                        chunk: int | None = None) -> torch.Tensor:
     """log p(label of token t + 1 | tokens up to t) for every token t, chunk by chunk: (rows, tokens),
     fp32 (fp64 for a float64 model). Where the next label is IGNORE (and at each row's last token)
     the value is that of token id 0: the caller keeps only trained tokens."""
-    shifted = F.pad(labels, (0, 1), value=IGNORE)[..., 1:].reshape(-1).clamp(min=0).to(hidden.device)
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    chunk = chunk or chunk_tokens(vocab or head.weight.shape[0])
 
     def chunk_logps(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = head(h)
@@ -88,12 +91,7 @@ def chunked_token_logps(hidden: torch.Tensor, head: torch.nn.Module, labels: tor
         # -cross-entropy per token is log p(label), without a log-softmax of every logit kept.
         return -F.cross_entropy(logits, y, reduction="none")
 
-    if flat.shape[0] <= chunk:
-        per_token = chunk_logps(flat, shifted)
-    else:
-        pieces = zip(flat.split(chunk), shifted.split(chunk), strict=True)
-        per_token = torch.cat([checkpoint(chunk_logps, h, y, use_reentrant=False) for h, y in pieces])
-    return per_token.view(labels.shape)
+    return torch.cat(_over_chunks(chunk_logps, hidden, labels, chunk or chunk_tokens(vocab), clamp=True)).view(labels.shape)
 
 
 @dataclass
@@ -125,7 +123,7 @@ def use_chunked_loss(model, chunk: int | None = None) -> bool:
         outputs = model.base_model(input_ids=input_ids, **kwargs)
         if token_logps:
             return TokenLogps(chunked_token_logps(outputs.last_hidden_state, model.get_output_embeddings(), labels,
-                                                  chunk, config.vocab_size))
+                                                  config.vocab_size, chunk))
         loss = chunked_cross_entropy(outputs.last_hidden_state, model.get_output_embeddings(), labels,
                                      config.vocab_size, num_items_in_batch, chunk)
         return CausalLMOutputWithPast(loss=loss, logits=None)
